@@ -1,0 +1,247 @@
+//go:build linux
+
+package process
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/keel-shim/keel/process/reaper"
+	"github.com/keel-shim/keel/runtime"
+)
+
+// Observer hears of process starts and exits in the order they happen. It
+// is called with the process's lock held, so it gets the process's status
+// as an argument, and must not block or call back into the process.
+type Observer interface {
+	Started(c *Container, p *Process, st Status)
+	Exited(c *Container, p *Process, st Status)
+}
+
+// Config describes a container to create.
+type Config struct {
+	ID, Bundle   string
+	Rootfs       []Mount // mounted on Bundle/rootfs; none for a ready rootfs
+	Stdio        Stdio
+	NoPivot      bool
+	NoNewKeyring bool
+}
+
+// Deps are the shim-wide services a container uses.
+type Deps struct {
+	Runtime  *runtime.Runtime
+	Reaper   *reaper.Reaper
+	Observer Observer
+}
+
+// Container is one container: its init process and its exec processes.
+type Container struct {
+	ID, Bundle string
+
+	rt          *runtime.Runtime
+	reaper      *reaper.Reaper
+	obs         Observer
+	init        *Process
+	mounted     bool // rootfs mounts are ours to unmount
+	sharedPidNS bool // no pid namespace of its own: kill leftovers on exit
+	seq         atomic.Uint64
+
+	execs struct {
+		mu         sync.Mutex
+		byID       map[string]*Process // guarded by mu
+		initExited bool                // guarded by mu; refuses new execs
+		running    sync.WaitGroup      // started execs not yet reported exited
+	}
+}
+
+// Create mounts the rootfs, sets up stdio and creates the container in the
+// runtime. Its init process is Created, waiting for Start.
+func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
+	c := &Container{ID: cfg.ID, Bundle: cfg.Bundle, rt: d.Runtime, reaper: d.Reaper, obs: d.Observer}
+	c.execs.byID = make(map[string]*Process)
+	if c.sharedPidNS, err = sharesPidNamespace(cfg.Bundle); err != nil {
+		return nil, err
+	}
+	rootfs := filepath.Join(cfg.Bundle, "rootfs")
+	if len(cfg.Rootfs) > 0 {
+		if err := MountAll(cfg.Rootfs, rootfs); err != nil {
+			return nil, err
+		}
+		c.mounted = true
+		defer func() {
+			if err != nil {
+				_ = UnmountAll(rootfs)
+			}
+		}()
+	}
+	io, err := NewIO(ctx, cfg.Stdio)
+	if err != nil {
+		return nil, err
+	}
+	pidFile := filepath.Join(cfg.Bundle, "init.pid")
+	w := d.Reaper.Watch()
+	defer w.Close()
+	err = c.rt.Create(ctx, c.ID, runtime.CreateOpts{
+		Bundle: cfg.Bundle, PidFile: pidFile,
+		NoPivot: cfg.NoPivot, NoNewKeyring: cfg.NoNewKeyring,
+		Stdio: io.Child(),
+	})
+	io.CloseChild()
+	var pid int
+	if err == nil {
+		pid, err = readPid(pidFile)
+	}
+	if err != nil {
+		io.Close()
+		// A runtime that failed half way may have left state behind.
+		_ = c.rt.Delete(context.WithoutCancel(ctx), c.ID, true)
+		return nil, err
+	}
+	c.init = newProcess(c, "", cfg.Stdio)
+	c.init.state, c.init.pid, c.init.io = Created, pid, io
+	go c.init.await(w.Started(pid))
+	return c, nil
+}
+
+// Init is the container's init process.
+func (c *Container) Init() *Process { return c.init }
+
+// Process returns the init process for "" or the exec process execID.
+func (c *Container) Process(execID string) (*Process, error) {
+	if execID == "" {
+		return c.init, nil
+	}
+	c.execs.mu.Lock()
+	defer c.execs.mu.Unlock()
+	if p, ok := c.execs.byID[execID]; ok {
+		return p, nil
+	}
+	return nil, fmt.Errorf("exec %q in container %q: %w", execID, c.ID, errdefs.ErrNotFound)
+}
+
+// AddExec registers an exec process to be started later. spec is its OCI
+// process JSON.
+func (c *Container) AddExec(execID string, spec []byte, stdio Stdio) (*Process, error) {
+	if _, err := next(c.init.Status().State, OpExec); err != nil {
+		return nil, err
+	}
+	c.execs.mu.Lock()
+	defer c.execs.mu.Unlock()
+	if _, ok := c.execs.byID[execID]; ok {
+		return nil, fmt.Errorf("exec %q in container %q: %w", execID, c.ID, errdefs.ErrAlreadyExists)
+	}
+	p := newProcess(c, execID, stdio)
+	p.spec = spec
+	c.execs.byID[execID] = p
+	return p, nil
+}
+
+// Execs returns the exec processes.
+func (c *Container) Execs() []*Process {
+	c.execs.mu.Lock()
+	defer c.execs.mu.Unlock()
+	ps := make([]*Process, 0, len(c.execs.byID))
+	for _, p := range c.execs.byID {
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+func (c *Container) removeExec(execID string) {
+	c.execs.mu.Lock()
+	delete(c.execs.byID, execID)
+	c.execs.mu.Unlock()
+}
+
+// beginExec counts an exec as running, unless the init is gone: an exec
+// must never start in a container whose init has been reaped.
+func (c *Container) beginExec() error {
+	c.execs.mu.Lock()
+	defer c.execs.mu.Unlock()
+	if c.execs.initExited {
+		return fmt.Errorf("container %q has exited: %w", c.ID, errdefs.ErrFailedPrecondition)
+	}
+	c.execs.running.Add(1)
+	return nil
+}
+
+// initExited refuses new execs and, where the container shares a pid
+// namespace, kills what is left of it (the kernel does that for a
+// container with its own).
+func (c *Container) initExited() {
+	c.execs.mu.Lock()
+	c.execs.initExited = true
+	c.execs.mu.Unlock()
+	if c.sharedPidNS {
+		_ = c.rt.Kill(context.Background(), c.ID, syscall.SIGKILL, true)
+	}
+}
+
+// deleteInit removes the container from the runtime and unmounts its
+// rootfs. Called with the init's lock held.
+func (c *Container) deleteInit(ctx context.Context, force bool) error {
+	if err := c.rt.Delete(ctx, c.ID, force); err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	if c.mounted {
+		return UnmountAll(filepath.Join(c.Bundle, "rootfs"))
+	}
+	return nil
+}
+
+// tempPath names a fresh file in the bundle for the runtime to write.
+func (c *Container) tempPath(prefix, suffix string) string {
+	return filepath.Join(c.Bundle, "."+prefix+"-"+strconv.FormatUint(c.seq.Add(1), 10)+suffix)
+}
+
+// runtimeExecOpts passes an exec's pid file and stdio to the runtime.
+func runtimeExecOpts(pidFile string, io *IO) runtime.ExecOpts {
+	return runtime.ExecOpts{PidFile: pidFile, Stdio: io.Child()}
+}
+
+// sharesPidNamespace reads the bundle's OCI spec: a container without a
+// pid namespace of its own, or joining another's, shares it.
+func sharesPidNamespace(bundle string) (bool, error) {
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return false, fmt.Errorf("bundle %s has no config.json: %w", bundle, errdefs.ErrInvalidArgument)
+		}
+		return false, err
+	}
+	var spec struct {
+		Linux *struct {
+			Namespaces []struct {
+				Type string `json:"type"`
+				Path string `json:"path"`
+			} `json:"namespaces"`
+		} `json:"linux"`
+	}
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return false, fmt.Errorf("bundle config.json: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if spec.Linux == nil {
+		return true, nil
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == "pid" {
+			return ns.Path != "", nil
+		}
+	}
+	return true, nil
+}
+
+// Pids lists the pids of the container's processes.
+func (c *Container) Pids(ctx context.Context) ([]int, error) {
+	return c.rt.Ps(ctx, c.ID)
+}

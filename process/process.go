@@ -1,0 +1,280 @@
+//go:build linux
+
+// Package process runs a container's init and exec processes through the
+// OCI runtime: their states, stdio, exits and the order those exits are
+// reported in.
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+
+	"github.com/keel-shim/keel/process/reaper"
+)
+
+// drainTimeout bounds how long an exit waits for the process's output to
+// be copied: a grandchild that keeps the pipe open must not hold back the
+// exit forever (its later output still flows).
+const drainTimeout = 2 * time.Second
+
+// Process is a container's init process (ExecID "") or one exec process.
+type Process struct {
+	c      *Container
+	ExecID string
+	Stdio  Stdio
+	spec   []byte // the OCI process JSON of an exec process
+
+	mu    sync.Mutex
+	state State       // guarded by mu
+	pid   int         // guarded by mu
+	exit  reaper.Exit // guarded by mu; set once Stopped
+	io    *IO         // guarded by mu
+	done  chan struct{}
+}
+
+// Status is a snapshot of a process.
+type Status struct {
+	State      State
+	Pid        int
+	ExitStatus int
+	ExitedAt   time.Time
+}
+
+func newProcess(c *Container, execID string, stdio Stdio) *Process {
+	return &Process{c: c, ExecID: execID, Stdio: stdio, done: make(chan struct{})}
+}
+
+// IsInit tells whether p is the container's init process.
+func (p *Process) IsInit() bool { return p.ExecID == "" }
+
+// Container is the container p belongs to.
+func (p *Process) Container() *Container { return p.c }
+
+// Status returns the current state of p.
+func (p *Process) Status() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.statusLocked()
+}
+
+func (p *Process) statusLocked() Status {
+	return Status{State: p.state, Pid: p.pid, ExitStatus: p.exit.Status, ExitedAt: p.exit.Time}
+}
+
+// Wait blocks until p has exited and its exit was reported, or ctx ends.
+func (p *Process) Wait(ctx context.Context) (Status, error) {
+	select {
+	case <-p.done:
+		return p.Status(), nil
+	case <-ctx.Done():
+		return Status{}, ctx.Err()
+	}
+}
+
+// Start starts a created process. Its Started event is reported before its
+// exit can be, even if it exits at once.
+func (p *Process) Start(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	to, err := next(p.state, OpStart)
+	if err != nil {
+		return err
+	}
+	if p.IsInit() {
+		if err := p.c.rt.Start(ctx, p.c.ID); err != nil {
+			return err
+		}
+	} else if err := p.startExec(ctx); err != nil {
+		return err
+	}
+	p.state = to
+	p.c.obs.Started(p.c, p, p.statusLocked())
+	return nil
+}
+
+// startExec runs the exec process. Called with p.mu held.
+func (p *Process) startExec(ctx context.Context) (err error) {
+	if err := p.c.beginExec(); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			p.c.execs.running.Done()
+		}
+	}()
+	io, err := NewIO(ctx, p.Stdio)
+	if err != nil {
+		return err
+	}
+	pidFile := p.c.tempPath("exec", ".pid")
+	defer os.Remove(pidFile)
+	// Watch before the runtime starts the process: it may exit before
+	// the pid file is read.
+	w := p.c.reaper.Watch()
+	defer w.Close()
+	err = p.c.rt.Exec(ctx, p.c.ID, p.spec, runtimeExecOpts(pidFile, io))
+	io.CloseChild()
+	if err == nil {
+		p.pid, err = readPid(pidFile)
+	}
+	if err != nil {
+		io.Close()
+		return err
+	}
+	p.io = io
+	go p.await(w.Started(p.pid))
+	return nil
+}
+
+// await records the exit the reaper delivers, after the output is drained
+// and, for the init, after all exec exits were reported.
+func (p *Process) await(exits <-chan reaper.Exit) {
+	e := <-exits
+	if p.IsInit() {
+		p.c.initExited()
+	}
+	p.mu.Lock()
+	io := p.io
+	p.mu.Unlock()
+	if io != nil {
+		io.Drain(drainTimeout)
+	}
+	if p.IsInit() {
+		p.c.execs.running.Wait()
+	}
+
+	p.mu.Lock()
+	to, _ := next(p.state, OpExit) // an exit is legal in every live state
+	p.state, p.exit = to, e
+	if to == Stopped {
+		p.c.obs.Exited(p.c, p, p.statusLocked())
+	}
+	close(p.done)
+	p.mu.Unlock()
+
+	if !p.IsInit() {
+		p.c.execs.running.Done()
+	}
+}
+
+// Kill signals the process; with all (init only) every process of the
+// container.
+func (p *Process) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, err := next(p.state, OpKill); err != nil {
+		return err
+	}
+	if p.IsInit() {
+		return p.c.rt.Kill(ctx, p.c.ID, sig, all)
+	}
+	if p.state == Created {
+		return fmt.Errorf("exec %s is not started: %w", p.ExecID, errdefs.ErrFailedPrecondition)
+	}
+	if err := unix.Kill(p.pid, sig); err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
+		}
+		return fmt.Errorf("kill exec %s: %w", p.ExecID, err)
+	}
+	return nil
+}
+
+// CloseStdin closes the process's stdin so that it reads EOF.
+func (p *Process) CloseStdin() {
+	p.mu.Lock()
+	io := p.io
+	p.mu.Unlock()
+	if io != nil {
+		io.CloseStdin()
+	}
+}
+
+// Delete removes a process that is not running. For a created init the
+// runtime kills it first; its status is the one the reaper then reports.
+func (p *Process) Delete(ctx context.Context) (Status, error) {
+	p.mu.Lock()
+	to, err := next(p.state, OpDelete)
+	if err != nil {
+		p.mu.Unlock()
+		return Status{}, err
+	}
+	wasCreated := p.state == Created
+	if p.IsInit() {
+		if err := p.c.deleteInit(ctx, wasCreated); err != nil {
+			p.mu.Unlock()
+			return Status{}, err
+		}
+	}
+	if p.io != nil {
+		p.io.Close()
+	}
+	if wasCreated && !p.IsInit() {
+		close(p.done) // it never ran, so no exit will close it
+	}
+	p.state = to
+	p.mu.Unlock()
+	if !p.IsInit() {
+		p.c.removeExec(p.ExecID)
+	}
+	if wasCreated && p.IsInit() {
+		// The forced delete killed it; report how it ended.
+		timer := time.NewTimer(drainTimeout)
+		defer timer.Stop()
+		select {
+		case <-p.done:
+		case <-timer.C:
+		}
+	}
+	return p.Status(), nil
+}
+
+func readPid(path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("bad pid file %s: %q", path, data)
+	}
+	return pid, nil
+}
+
+// Pause freezes the container (init only).
+func (p *Process) Pause(ctx context.Context) error {
+	return p.transition(ctx, OpPause, p.c.rt.Pause)
+}
+
+// Resume thaws the container (init only).
+func (p *Process) Resume(ctx context.Context) error {
+	return p.transition(ctx, OpResume, p.c.rt.Resume)
+}
+
+// transition applies op through the runtime call do, if the state allows.
+func (p *Process) transition(ctx context.Context, op Op, do func(context.Context, string) error) error {
+	if !p.IsInit() {
+		return fmt.Errorf("%s applies to the container, not exec %s: %w", op, p.ExecID, errdefs.ErrInvalidArgument)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	to, err := next(p.state, op)
+	if err != nil {
+		return err
+	}
+	if err := do(ctx, p.c.ID); err != nil {
+		return err
+	}
+	p.state = to
+	return nil
+}

@@ -1,0 +1,266 @@
+//go:build linux
+
+// Package runtime drives an OCI runtime binary (runc, crun, or a compatible
+// one). It knows the command lines and how each runtime reports failure;
+// everything above it sees Go calls and errdefs-classified errors.
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// DefaultBinary is used when the runtime options name none.
+const DefaultBinary = "runc"
+
+// Runner runs a command to completion and returns its exit status. The shim
+// passes its reaper: as child subreaper it owns every wait, so os/exec must
+// never wait for the runtime binary itself.
+type Runner interface {
+	Run(ctx context.Context, cmd *exec.Cmd) (status int, err error)
+}
+
+// Config selects and configures the runtime binary.
+type Config struct {
+	Binary        string // name or path; DefaultBinary if empty
+	Root          string // the runtime's state directory (--root)
+	SystemdCgroup bool
+	// LogDir holds the runtime's per-call JSON logs (the bundle).
+	LogDir string
+}
+
+// Runtime is one OCI runtime binary, configured for one container.
+type Runtime struct {
+	cfg Config
+	run Runner
+}
+
+// New returns a driver for cfg.Binary. It does not check that the binary
+// exists: the first call reports that, in the runtime's own words.
+func New(cfg Config, r Runner) *Runtime {
+	if cfg.Binary == "" {
+		cfg.Binary = DefaultBinary
+	}
+	return &Runtime{cfg: cfg, run: r}
+}
+
+// Binary is the runtime binary this driver calls.
+func (r *Runtime) Binary() string { return r.cfg.Binary }
+
+// Stdio is what the runtime hands to the container process; nil is /dev/null.
+type Stdio struct {
+	Stdin, Stdout, Stderr *os.File
+}
+
+// CreateOpts are the options of `create`.
+type CreateOpts struct {
+	Bundle        string
+	PidFile       string
+	ConsoleSocket string
+	NoPivot       bool
+	NoNewKeyring  bool
+	Stdio
+}
+
+// Create creates the container; its init process waits for Start.
+func (r *Runtime) Create(ctx context.Context, id string, o CreateOpts) error {
+	args := []string{"create", "--bundle", o.Bundle, "--pid-file", o.PidFile}
+	if o.ConsoleSocket != "" {
+		args = append(args, "--console-socket", o.ConsoleSocket)
+	}
+	if o.NoPivot {
+		args = append(args, "--no-pivot")
+	}
+	if o.NoNewKeyring {
+		args = append(args, "--no-new-keyring")
+	}
+	_, err := r.call(ctx, o.Stdio, append(args, id)...)
+	return err
+}
+
+// Start starts the init process of a created container.
+func (r *Runtime) Start(ctx context.Context, id string) error {
+	_, err := r.call(ctx, Stdio{}, "start", id)
+	return err
+}
+
+// ExecOpts are the options of `exec`.
+type ExecOpts struct {
+	PidFile       string
+	ConsoleSocket string
+	Stdio
+}
+
+// Exec starts an additional process, described by the OCI process JSON in
+// spec, in the container, and returns once it runs (detached).
+func (r *Runtime) Exec(ctx context.Context, id string, spec []byte, o ExecOpts) error {
+	f, err := os.CreateTemp(r.cfg.LogDir, ".exec-process-*.json")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(spec)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	args := []string{"exec", "--detach", "--process", f.Name(), "--pid-file", o.PidFile}
+	if o.ConsoleSocket != "" {
+		args = append(args, "--console-socket", o.ConsoleSocket)
+	}
+	_, err = r.call(ctx, o.Stdio, append(args, id)...)
+	return err
+}
+
+// Kill sends sig to the init process, or with all to every process of the
+// container.
+func (r *Runtime) Kill(ctx context.Context, id string, sig syscall.Signal, all bool) error {
+	args := []string{"kill"}
+	if all {
+		args = append(args, "--all")
+	}
+	_, err := r.call(ctx, Stdio{}, append(args, id, strconv.Itoa(int(sig)))...)
+	return err
+}
+
+// Pause freezes every process of the container.
+func (r *Runtime) Pause(ctx context.Context, id string) error {
+	_, err := r.call(ctx, Stdio{}, "pause", id)
+	return err
+}
+
+// Resume thaws a paused container.
+func (r *Runtime) Resume(ctx context.Context, id string) error {
+	_, err := r.call(ctx, Stdio{}, "resume", id)
+	return err
+}
+
+// Delete removes the container's runtime state; force kills it first.
+func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
+	args := []string{"delete"}
+	if force {
+		args = append(args, "--force")
+	}
+	_, err := r.call(ctx, Stdio{}, append(args, id)...)
+	return err
+}
+
+// Ps lists the pids of the container's processes.
+func (r *Runtime) Ps(ctx context.Context, id string) ([]int, error) {
+	out, err := r.call(ctx, Stdio{}, "ps", "--format", "json", id)
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	if err := json.Unmarshal(out, &pids); err != nil {
+		return nil, fmt.Errorf("%s ps: bad output %q: %w", r.cfg.Binary, out, err)
+	}
+	return pids, nil
+}
+
+// State is the part of `state` the shim uses.
+type State struct {
+	ID     string `json:"id"`
+	Pid    int    `json:"pid"`
+	Status string `json:"status"`
+}
+
+// State reports the container's status as the runtime sees it.
+func (r *Runtime) State(ctx context.Context, id string) (*State, error) {
+	out, err := r.call(ctx, Stdio{}, "state", id)
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(out, &s); err != nil {
+		return nil, fmt.Errorf("%s state: bad output %q: %w", r.cfg.Binary, out, err)
+	}
+	return &s, nil
+}
+
+// Update applies new resources, the OCI LinuxResources JSON, to the container.
+func (r *Runtime) Update(ctx context.Context, id string, resources []byte) error {
+	in, err := os.CreateTemp(r.cfg.LogDir, ".resources-*.json")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(in.Name())
+	defer in.Close()
+	if _, err := in.Write(resources); err != nil {
+		return err
+	}
+	_, err = r.call(ctx, Stdio{}, "update", "--resources", in.Name(), id)
+	return err
+}
+
+// call runs the runtime with the global flags, captures stdout, and turns a
+// failure into an error carrying the runtime's own last error message.
+func (r *Runtime) call(ctx context.Context, stdio Stdio, args ...string) ([]byte, error) {
+	logFile, err := os.CreateTemp(r.cfg.LogDir, ".runtime-*.log")
+	if err != nil {
+		return nil, fmt.Errorf("runtime log: %w", err)
+	}
+	logPath := logFile.Name()
+	logFile.Close()
+	defer os.Remove(logPath)
+
+	global := []string{"--root", r.cfg.Root, "--log", logPath, "--log-format", "json"}
+	if r.cfg.SystemdCgroup {
+		global = append(global, "--systemd-cgroup")
+	}
+	cmd := exec.Command(r.cfg.Binary, append(global, args...)...)
+	// Create and exec hand stdio to the container; every other call
+	// answers on stdout, which is captured through a file so that no
+	// copying goroutine outlives the call. A runtime that dies before it
+	// logs leaves its complaint there too.
+	var out *os.File
+	if stdio == (Stdio{}) {
+		if out, err = os.CreateTemp(r.cfg.LogDir, ".runtime-out-*"); err != nil {
+			return nil, err
+		}
+		defer os.Remove(out.Name())
+		defer out.Close()
+		stdio.Stdout, stdio.Stderr = out, out
+	}
+	// Assign only real files: a nil *os.File in an io.Writer is not nil.
+	if stdio.Stdin != nil {
+		cmd.Stdin = stdio.Stdin
+	}
+	if stdio.Stdout != nil {
+		cmd.Stdout = stdio.Stdout
+	}
+	if stdio.Stderr != nil {
+		cmd.Stderr = stdio.Stderr
+	}
+	start := time.Now()
+	status, err := r.run.Run(ctx, cmd)
+	if err != nil && status == -1 {
+		return nil, &Error{Op: args[0], Binary: r.cfg.Binary, Msg: err.Error(), cause: err}
+	}
+	var stdout []byte
+	if out != nil {
+		stdout, _ = os.ReadFile(out.Name())
+	}
+	if err != nil || status != 0 {
+		msg := lastError(logPath)
+		if msg == "" {
+			msg = trimOutput(stdout)
+		}
+		if msg == "" {
+			msg = fmt.Sprintf("exit status %d", status)
+		}
+		if err != nil {
+			msg = fmt.Sprintf("%s (after %s: %v)", msg, time.Since(start).Round(time.Millisecond), err)
+		}
+		return nil, &Error{Op: args[0], Binary: r.cfg.Binary, Msg: msg, cause: err}
+	}
+	return stdout, nil
+}

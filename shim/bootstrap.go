@@ -1,0 +1,77 @@
+package shim
+
+import (
+	"fmt"
+
+	bootstrap "github.com/containerd/containerd/api/runtime/bootstrap/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// This file is the one place that knows how containerd generations differ
+// when they start a shim:
+//
+//	containerd 1.6, 1.7, 2.0-2.2: stdin is empty or a protobuf Any of the
+//	    runtime options; the reply is the socket address as plain text
+//	    (2.0-2.2 also take JSON, but every generation parses the address).
+//	containerd 2.3+: stdin is a protobuf BootstrapParams; the reply is a
+//	    protobuf BootstrapResult, which also says Task API v3.
+
+// TaskAPIVersion is the Task API version Keel announces to daemons that
+// read a BootstrapResult. Both v2 and v3 are served on the socket anyway.
+const TaskAPIVersion = 3
+
+// Bootstrap is what the shim learns from containerd at start.
+type Bootstrap struct {
+	Modern       bool       // containerd 2.3+: reply with a BootstrapResult
+	TTRPCAddress string     // containerd's ttrpc address, for events
+	SocketDir    string     // where to put the socket; empty for the default
+	Debug        bool       // the daemon logs at debug level or finer
+	Options      *anypb.Any // runtime options, if any were sent
+}
+
+// ParseBootstrap reads the bytes containerd wrote on stdin. id and ns are
+// the -id and -namespace flags; ttrpcEnv is $TTRPC_ADDRESS.
+//
+// Both a BootstrapParams and an Any start with a string in field 1, so the
+// params are recognised by content: they name this instance and namespace.
+func ParseBootstrap(stdin []byte, id, ns, ttrpcEnv string) (Bootstrap, error) {
+	b := Bootstrap{TTRPCAddress: ttrpcEnv}
+	if len(stdin) == 0 {
+		return b, nil
+	}
+	var params bootstrap.BootstrapParams
+	if err := proto.Unmarshal(stdin, &params); err == nil &&
+		params.GetInstanceID() == id && params.GetNamespace() == ns {
+		b.Modern = true
+		if a := params.GetContainerdTtrpcAddress(); a != "" {
+			b.TTRPCAddress = a
+		}
+		b.SocketDir = params.GetSocketDir()
+		b.Debug = params.GetLogLevel() < bootstrap.LogLevel_LOG_LEVEL_INFO
+		for _, ext := range params.GetExtensions() {
+			if ext.GetValue() != nil && b.Options == nil {
+				b.Options = ext.GetValue()
+			}
+		}
+		return b, nil
+	}
+	var opts anypb.Any
+	if err := proto.Unmarshal(stdin, &opts); err != nil || opts.GetTypeUrl() == "" {
+		return b, fmt.Errorf("stdin is neither BootstrapParams for %s/%s nor runtime options (%d bytes)", ns, id, len(stdin))
+	}
+	b.Options = &opts
+	return b, nil
+}
+
+// Reply is what `start` prints for the daemon listening on address.
+func (b Bootstrap) Reply(address string) ([]byte, error) {
+	if !b.Modern {
+		return []byte(address), nil
+	}
+	return proto.Marshal(&bootstrap.BootstrapResult{
+		Version:  TaskAPIVersion,
+		Address:  address,
+		Protocol: "ttrpc",
+	})
+}

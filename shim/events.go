@@ -1,0 +1,171 @@
+//go:build linux
+
+package shim
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Event topics, as containerd names them.
+const (
+	TopicCreate      = "/tasks/create"
+	TopicStart       = "/tasks/start"
+	TopicExit        = "/tasks/exit"
+	TopicDelete      = "/tasks/delete"
+	TopicExecAdded   = "/tasks/exec-added"
+	TopicExecStarted = "/tasks/exec-started"
+	TopicPaused      = "/tasks/paused"
+	TopicResumed     = "/tasks/resumed"
+	TopicOOM         = "/tasks/oom"
+	TopicCheckpoint  = "/tasks/checkpointed"
+)
+
+const (
+	forwardTimeout = 5 * time.Second
+	maxBackoff     = time.Second
+)
+
+// Publisher sends task events to containerd in the order they were
+// published, through one queue and one forwarder. Publish never blocks; an
+// event that cannot be delivered is retried, in order, until Close.
+type Publisher struct {
+	address string // containerd's ttrpc socket
+	ns      string
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	queue   []*types.Envelope // guarded by mu
+	closing bool              // guarded by mu
+	wake    chan struct{}     // a slot: the forwarder has work
+	idle    chan struct{}     // closed when the forwarder has stopped
+
+	client *ttrpc.Client // owned by the forwarder
+}
+
+// NewPublisher starts forwarding to containerd's ttrpc address.
+func NewPublisher(address, ns string, log *slog.Logger) *Publisher {
+	p := &Publisher{
+		address: strings.TrimPrefix(address, "unix://"),
+		ns:      ns,
+		log:     log,
+		wake:    make(chan struct{}, 1),
+		idle:    make(chan struct{}),
+	}
+	go p.forward()
+	return p
+}
+
+// Publish queues an event. It is safe to call under any lock.
+func (p *Publisher) Publish(topic string, event proto.Message) {
+	if p.address == "" {
+		return // no containerd to tell (a shim started by hand)
+	}
+	a, err := typeurl.MarshalAnyToProto(event)
+	if err != nil {
+		p.log.Error("marshal event", "topic", topic, "error", err)
+		return
+	}
+	env := &types.Envelope{Timestamp: timestamppb.Now(), Namespace: p.ns, Topic: topic, Event: a}
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		p.log.Warn("event after shutdown dropped", "topic", topic)
+		return
+	}
+	p.queue = append(p.queue, env)
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close delivers what is queued, waiting at most timeout, then stops.
+func (p *Publisher) Close(timeout time.Duration) {
+	p.mu.Lock()
+	p.closing = true
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case <-p.idle:
+	case <-time.After(timeout):
+		p.mu.Lock()
+		lost := len(p.queue)
+		p.queue = nil
+		p.mu.Unlock()
+		p.log.Error("events undelivered at shutdown", "count", lost)
+	}
+}
+
+func (p *Publisher) forward() {
+	defer close(p.idle)
+	backoff := 10 * time.Millisecond
+	for {
+		p.mu.Lock()
+		var head *types.Envelope
+		if len(p.queue) > 0 {
+			head = p.queue[0]
+		}
+		closing := p.closing
+		p.mu.Unlock()
+		if head == nil {
+			if closing {
+				p.closeClient()
+				return
+			}
+			<-p.wake
+			continue
+		}
+		if err := p.send(head); err != nil {
+			p.log.Warn("forward event", "topic", head.Topic, "error", err)
+			p.closeClient()
+			time.Sleep(backoff)
+			backoff = min(backoff*2, maxBackoff)
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		p.mu.Lock()
+		if len(p.queue) > 0 && p.queue[0] == head {
+			p.queue[0] = nil
+			p.queue = p.queue[1:]
+		}
+		p.mu.Unlock()
+	}
+}
+
+func (p *Publisher) send(env *types.Envelope) error {
+	if p.client == nil {
+		conn, err := net.DialTimeout("unix", p.address, forwardTimeout)
+		if err != nil {
+			return err
+		}
+		p.client = ttrpc.NewClient(conn)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
+	defer cancel()
+	ctx = ttrpc.WithMetadata(ctx, ttrpc.MD{"containerd-namespace-ttrpc": []string{p.ns}})
+	_, err := eventsapi.NewTTRPCEventsClient(p.client).Forward(ctx, &eventsapi.ForwardRequest{Envelope: env})
+	return err
+}
+
+func (p *Publisher) closeClient() {
+	if p.client != nil {
+		p.client.Close()
+		p.client = nil
+	}
+}

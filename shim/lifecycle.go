@@ -1,0 +1,305 @@
+//go:build linux
+
+// Package shim is Keel's lifecycle (start, serve, delete) and its Task
+// API service.
+package shim
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	goruntime "runtime"
+	"syscall"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/fifo"
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/keel-shim/keel/process"
+	"github.com/keel-shim/keel/process/reaper"
+	"github.com/keel-shim/keel/runtime"
+)
+
+// Flags are the shim's command line, as containerd passes it.
+type Flags struct {
+	Namespace     string
+	ID            string
+	Address       string // containerd's gRPC address
+	PublishBinary string
+	Bundle        string // delete only; otherwise the working directory
+	Debug         bool
+	Socket        string // serve only: the socket `start` made
+}
+
+const (
+	// optionsEnv carries runtime options from `start` to the daemon.
+	optionsEnv = "KEEL_RUNTIME_OPTIONS"
+	// eventFlushTimeout bounds how long a stopping shim tries to deliver
+	// the events it still owes.
+	eventFlushTimeout = 30 * time.Second
+)
+
+// Start launches the shim daemon for the group of f.ID, or finds the one
+// already serving it, and writes the reply containerd expects to stdout.
+// Nothing else may reach stdout or stderr: containerd parses them.
+func Start(f Flags, stdin io.Reader, stdout io.Writer) error {
+	in, err := io.ReadAll(stdin)
+	if err != nil {
+		return fmt.Errorf("read bootstrap: %w", err)
+	}
+	b, err := ParseBootstrap(in, f.ID, f.Namespace, os.Getenv("TTRPC_ADDRESS"))
+	if err != nil {
+		return err
+	}
+	bundle, err := os.Getwd() // containerd starts the shim in the bundle
+	if err != nil {
+		return err
+	}
+	path := SocketPath(b.SocketDir, f.Address, f.Namespace, groupID(bundle, f.ID))
+	address := SocketAddress(path)
+	l, err := Listen(path)
+	switch {
+	case errors.Is(err, errInUse):
+		// The group's shim is running: it serves this container too.
+	case err != nil:
+		return fmt.Errorf("listen on %s: %w", path, err)
+	default:
+		err = spawnDaemon(f, b, path, l)
+		l.Close()
+		if err != nil {
+			os.Remove(path)
+			return err
+		}
+	}
+	// containerd 1.x reads it back after a restart.
+	if err := os.WriteFile(filepath.Join(bundle, "address"), []byte(address), 0o600); err != nil {
+		return err
+	}
+	reply, err := b.Reply(address)
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(reply)
+	return err
+}
+
+// spawnDaemon re-executes the shim as a detached daemon that inherits the
+// listening socket as fd 3. Its own process group keeps it alive when
+// containerd, or whatever signals containerd's group, goes away.
+func spawnDaemon(f Flags, b Bootstrap, socket string, l *net.UnixListener) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	lf, err := l.File()
+	if err != nil {
+		return err
+	}
+	defer lf.Close()
+	args := []string{"-namespace", f.Namespace, "-id", f.ID, "-address", f.Address,
+		"-publish-binary", f.PublishBinary, "-socket", socket}
+	if f.Debug || b.Debug {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, append(args, "serve")...)
+	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+b.TTRPCAddress)
+	if b.Options != nil {
+		raw, err := proto.Marshal(b.Options)
+		if err != nil {
+			return err
+		}
+		cmd.Env = append(cmd.Env, optionsEnv+"="+base64.StdEncoding.EncodeToString(raw))
+	}
+	cmd.ExtraFiles = []*os.File{lf}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start shim daemon: %w", err)
+	}
+	return cmd.Process.Release()
+}
+
+// groupID names the shim a container belongs to: containers that carry
+// the same group annotation (a Kubernetes pod's sandbox ID, or an explicit
+// group) share one shim process.
+func groupID(bundle, id string) string {
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return id
+	}
+	var spec struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if json.Unmarshal(data, &spec) != nil {
+		return id
+	}
+	for _, key := range []string{"io.containerd.keel.v2.group", "io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"} {
+		if g := spec.Annotations[key]; g != "" && validateID(g) == nil {
+			return g
+		}
+	}
+	return id
+}
+
+// Serve runs the daemon until containerd shuts down its last container.
+func Serve(f Flags) error {
+	log := newLogger(f)
+	r, err := reaper.New()
+	if err != nil {
+		return err
+	}
+	l, err := net.FileListener(os.NewFile(3, "socket"))
+	if err != nil {
+		return fmt.Errorf("inherited socket: %w", err)
+	}
+	defaults, err := daemonOptions()
+	if err != nil {
+		return err
+	}
+	events := NewPublisher(os.Getenv("TTRPC_ADDRESS"), f.Namespace, log)
+	stop := make(chan struct{})
+	svc := NewService(f.Namespace, log, r, events, defaults, func() { close(stop) })
+	srv, err := NewServer(svc, log)
+	if err != nil {
+		return err
+	}
+	go func() {
+		if err := srv.Serve(context.Background(), l); err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
+			log.Error("serve", "error", err)
+		}
+	}()
+	go dumpStacksOnSignal(log)
+	log.Info("serving", "socket", f.Socket, "pid", os.Getpid())
+	<-stop
+
+	// Stop taking calls (letting the Shutdown reply go out) and free the
+	// socket for a successor, then deliver every event still owed.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = srv.Shutdown(ctx)
+	cancel()
+	os.Remove(f.Socket)
+	events.Close(eventFlushTimeout)
+	log.Info("exiting")
+	return nil
+}
+
+// daemonOptions decodes the runtime options `start` received.
+func daemonOptions() (*options.Options, error) {
+	enc := os.Getenv(optionsEnv)
+	if enc == "" {
+		return nil, nil
+	}
+	raw, err := base64.StdEncoding.DecodeString(enc)
+	if err != nil {
+		return nil, err
+	}
+	var a anypb.Any
+	if err := proto.Unmarshal(raw, &a); err != nil {
+		return nil, err
+	}
+	return runtimeOptions(&a, nil)
+}
+
+// newLogger logs to the "log" FIFO containerd opened in the bundle, so the
+// shim's lines appear in containerd's log.
+func newLogger(f Flags) *slog.Logger {
+	level := slog.LevelInfo
+	if f.Debug {
+		level = slog.LevelDebug
+	}
+	var w io.Writer = io.Discard
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if fw, err := fifo.OpenFifo(ctx, "log", syscall.O_WRONLY, 0o700); err == nil {
+		w = fw
+	}
+	h := slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
+	return slog.New(h).With("shim", "keel", "namespace", f.Namespace)
+}
+
+// Delete cleans up after a dead shim: containerd runs it in the bundle. It
+// removes the container from the runtime, unmounts its rootfs and prints
+// the exit containerd should record, that of a killed init.
+func Delete(f Flags, stdout, stderr io.Writer) error {
+	bundle := f.Bundle
+	if bundle == "" {
+		var err error
+		if bundle, err = os.Getwd(); err != nil {
+			return err
+		}
+	}
+	if err := validateID(f.ID); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rt := runtime.New(loadRuntimeConfig(bundle, f.Namespace), plainRunner{})
+	if err := rt.Delete(ctx, f.ID, true); err != nil && !errdefs.IsNotFound(err) {
+		// Warnings go to stderr, which containerd logs; the cleanup goes on.
+		fmt.Fprintf(stderr, "keel: %v\n", err)
+	}
+	if err := process.UnmountAll(filepath.Join(bundle, "rootfs")); err != nil {
+		return err
+	}
+	out, err := proto.Marshal(&taskapi.DeleteResponse{
+		ExitedAt:   timestamppb.Now(),
+		ExitStatus: 128 + uint32(syscall.SIGKILL),
+	})
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(out)
+	return err
+}
+
+// plainRunner runs the runtime without a reaper, for the short-lived
+// `delete` and `-info` commands.
+type plainRunner struct{}
+
+func (plainRunner) Run(ctx context.Context, cmd *exec.Cmd) (int, error) {
+	if err := cmd.Start(); err != nil {
+		return -1, err
+	}
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			_ = cmd.Process.Kill()
+		case <-done:
+		}
+	}()
+	err := cmd.Wait()
+	close(done)
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+		err = ctx.Err()
+		return reaper.ExitStatus(unix.WaitStatus(ws)), err
+	}
+	return -1, err
+}
+
+// dumpStacksOnSignal logs every goroutine's stack on SIGUSR1, to debug a
+// wedged shim without stopping it.
+func dumpStacksOnSignal(log *slog.Logger) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGUSR1)
+	for range ch {
+		buf := make([]byte, 1<<20)
+		buf = buf[:goruntime.Stack(buf, true)]
+		log.Info("goroutines", "count", goruntime.NumGoroutine(), "stacks", string(buf))
+	}
+}

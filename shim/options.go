@@ -1,0 +1,118 @@
+//go:build linux
+
+package shim
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/keel-shim/keel/runtime"
+)
+
+// DefaultRuntimeRoot is the runtime state root, one directory per
+// namespace below it, as containerd's runc shim uses: `runc list` there
+// shows containers of either shim.
+const DefaultRuntimeRoot = "/run/containerd/runc"
+
+// maxIDLength bounds container and exec IDs (containerd allows 76).
+const maxIDLength = 76
+
+// validateID refuses IDs that could escape a directory or confuse the
+// runtime: containerd's identifier rule, letters and digits separated by
+// single '.', '_' or '-'.
+func validateID(id string) error {
+	if id == "" || len(id) > maxIDLength {
+		return fmt.Errorf("id %q: must be 1 to %d characters: %w", id, maxIDLength, errdefs.ErrInvalidArgument)
+	}
+	prevSep := true
+	for _, r := range id {
+		alnum := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+		sep := r == '.' || r == '_' || r == '-'
+		if !alnum && !sep || sep && prevSep {
+			return fmt.Errorf("id %q: only letters and digits separated by single '.', '_' or '-': %w", id, errdefs.ErrInvalidArgument)
+		}
+		prevSep = sep
+	}
+	if prevSep {
+		return fmt.Errorf("id %q: must end with a letter or digit: %w", id, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// validateBundle accepts only the bundle containerd makes for id: an
+// absolute, clean path ending in the container's ID, with a config.json.
+func validateBundle(bundle, id string) error {
+	if !filepath.IsAbs(bundle) || filepath.Clean(bundle) != bundle || filepath.Base(bundle) != id {
+		return fmt.Errorf("bundle %q: not an absolute clean path ending in %q: %w", bundle, id, errdefs.ErrInvalidArgument)
+	}
+	if _, err := os.Stat(filepath.Join(bundle, "config.json")); err != nil {
+		return fmt.Errorf("bundle %q: %v: %w", bundle, err, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// runtimeOptions decodes containerd's runc options (containerd.runc.v1
+// Options, as the runc shim takes them), falling back to the defaults the
+// shim was started with.
+func runtimeOptions(a *anypb.Any, defaults *options.Options) (*options.Options, error) {
+	if a == nil || a.GetTypeUrl() == "" {
+		if defaults != nil {
+			return defaults, nil
+		}
+		return &options.Options{}, nil
+	}
+	var opts options.Options
+	name := string(opts.ProtoReflect().Descriptor().FullName())
+	if t := a.GetTypeUrl(); t != name && !strings.HasSuffix(t, "/"+name) {
+		return nil, fmt.Errorf("runtime options of type %q, want %s: %w", t, name, errdefs.ErrInvalidArgument)
+	}
+	if err := proto.Unmarshal(a.GetValue(), &opts); err != nil {
+		return nil, fmt.Errorf("runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return &opts, nil
+}
+
+// runtimeConfig is how a container's runtime is driven, from its options.
+func runtimeConfig(o *options.Options, ns, bundle string) runtime.Config {
+	root := o.GetRoot()
+	if root == "" {
+		root = DefaultRuntimeRoot
+	}
+	return runtime.Config{
+		Binary:        o.GetBinaryName(),
+		Root:          filepath.Join(root, ns),
+		SystemdCgroup: o.GetSystemdCgroup(),
+		LogDir:        bundle,
+	}
+}
+
+// bundleRuntimeFile keeps the runtime configuration in the bundle, so that
+// `delete`, run after the daemon died, drives the same runtime.
+const bundleRuntimeFile = "keel-runtime.json"
+
+func saveRuntimeConfig(bundle string, cfg runtime.Config) error {
+	data, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(bundle, bundleRuntimeFile), data, 0o600)
+}
+
+// loadRuntimeConfig reads what Create saved; a bundle without it (the
+// daemon died before Create got that far) gets the defaults.
+func loadRuntimeConfig(bundle, ns string) runtime.Config {
+	cfg := runtimeConfig(&options.Options{}, ns, bundle)
+	if data, err := os.ReadFile(filepath.Join(bundle, bundleRuntimeFile)); err == nil {
+		_ = json.Unmarshal(data, &cfg)
+	}
+	cfg.LogDir = bundle
+	return cfg
+}

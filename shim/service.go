@@ -1,0 +1,379 @@
+//go:build linux
+
+package shim
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"syscall"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/keel-shim/keel/process"
+	"github.com/keel-shim/keel/process/reaper"
+	"github.com/keel-shim/keel/runtime"
+)
+
+// Service is the Task API of one shim daemon, serving every container of
+// its group. The ttrpc layer (server.go) adapts it to v2 and v3 and turns
+// its errdefs errors into status codes.
+type Service struct {
+	ns         string
+	log        *slog.Logger
+	reaper     *reaper.Reaper
+	events     *Publisher
+	defaults   *options.Options // runtime options from the bootstrap, if any
+	onShutdown func()
+
+	mu         sync.Mutex
+	containers map[string]*process.Container // guarded by mu
+	creating   map[string]bool               // guarded by mu; IDs being created
+	shutdown   bool                          // guarded by mu
+}
+
+var empty = &emptypb.Empty{}
+
+// NewService returns the task service. onShutdown is called once, when
+// containerd asks an empty shim to shut down.
+func NewService(ns string, log *slog.Logger, r *reaper.Reaper, events *Publisher, defaults *options.Options, onShutdown func()) *Service {
+	return &Service{
+		ns: ns, log: log, reaper: r, events: events, defaults: defaults, onShutdown: onShutdown,
+		containers: make(map[string]*process.Container),
+		creating:   make(map[string]bool),
+	}
+}
+
+func (s *Service) container(id string) (*process.Container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.containers[id]; ok {
+		return c, nil
+	}
+	if err := validateID(id); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
+}
+
+func (s *Service) process(id, execID string) (*process.Process, error) {
+	c, err := s.container(id)
+	if err != nil {
+		return nil, err
+	}
+	return c.Process(execID)
+}
+
+// Create creates a container. The registry lock is not held while the
+// runtime works: only the ID is reserved.
+func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*taskapi.CreateTaskResponse, error) {
+	if err := validateID(r.ID); err != nil {
+		return nil, err
+	}
+	if err := validateBundle(r.Bundle, r.ID); err != nil {
+		return nil, err
+	}
+	opts, err := runtimeOptions(r.Options, s.defaults)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.containers[r.ID] != nil || s.creating[r.ID] {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("container %q: %w", r.ID, errdefs.ErrAlreadyExists)
+	}
+	if s.shutdown {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("shim is shutting down: %w", errdefs.ErrFailedPrecondition)
+	}
+	s.creating[r.ID] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.creating, r.ID)
+		s.mu.Unlock()
+	}()
+
+	rtCfg := runtimeConfig(opts, s.ns, r.Bundle)
+	if err := saveRuntimeConfig(r.Bundle, rtCfg); err != nil {
+		return nil, err
+	}
+	mounts := make([]process.Mount, 0, len(r.Rootfs))
+	for _, m := range r.Rootfs {
+		mounts = append(mounts, process.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
+	}
+	c, err := process.Create(ctx, process.Config{
+		ID: r.ID, Bundle: r.Bundle, Rootfs: mounts,
+		Stdio:   process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+		NoPivot: opts.NoPivotRoot, NoNewKeyring: opts.NoNewKeyring,
+	}, process.Deps{Runtime: runtime.New(rtCfg, s.reaper), Reaper: s.reaper, Observer: s})
+	if err != nil {
+		return nil, err
+	}
+	pid := c.Init().Status().Pid
+	s.mu.Lock()
+	s.containers[r.ID] = c
+	s.mu.Unlock()
+	s.events.Publish(TopicCreate, &eventstypes.TaskCreate{
+		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Checkpoint: r.Checkpoint, Pid: uint32(pid),
+		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+	})
+	s.log.Info("created", "id", r.ID, "pid", pid)
+	return &taskapi.CreateTaskResponse{Pid: uint32(pid)}, nil
+}
+
+func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.StartResponse, error) {
+	p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Start(ctx); err != nil {
+		return nil, err
+	}
+	return &taskapi.StartResponse{Pid: uint32(p.Status().Pid)}, nil
+}
+
+// Started is the process.Observer half that publishes start events; it is
+// called in order with the exits.
+func (s *Service) Started(c *process.Container, p *process.Process, st process.Status) {
+	pid := uint32(st.Pid)
+	if p.IsInit() {
+		s.events.Publish(TopicStart, &eventstypes.TaskStart{ContainerID: c.ID, Pid: pid})
+		return
+	}
+	s.events.Publish(TopicExecStarted, &eventstypes.TaskExecStarted{ContainerID: c.ID, ExecID: p.ExecID, Pid: pid})
+}
+
+// Exited publishes a TaskExit. The process package calls it for the init
+// only after every exec exit of the container.
+func (s *Service) Exited(c *process.Container, p *process.Process, st process.Status) {
+	id := p.ExecID
+	if p.IsInit() {
+		id = c.ID
+	}
+	s.events.Publish(TopicExit, &eventstypes.TaskExit{
+		ContainerID: c.ID, ID: id, Pid: uint32(st.Pid),
+		ExitStatus: uint32(st.ExitStatus), ExitedAt: timestamppb.New(st.ExitedAt),
+	})
+	s.log.Info("exited", "id", c.ID, "exec", p.ExecID, "pid", st.Pid, "status", st.ExitStatus)
+}
+
+func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
+	p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	st, err := p.Delete(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &taskapi.DeleteResponse{Pid: uint32(st.Pid), ExitStatus: uint32(st.ExitStatus), ExitedAt: timestamppb.New(st.ExitedAt)}
+	if p.IsInit() {
+		s.mu.Lock()
+		delete(s.containers, r.ID)
+		s.mu.Unlock()
+		s.events.Publish(TopicDelete, &eventstypes.TaskDelete{
+			ContainerID: r.ID, Pid: resp.Pid, ExitStatus: resp.ExitStatus, ExitedAt: resp.ExitedAt,
+		})
+		s.log.Info("deleted", "id", r.ID)
+	}
+	return resp, nil
+}
+
+func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emptypb.Empty, error) {
+	if err := validateID(r.ExecID); err != nil {
+		return nil, err
+	}
+	if r.Spec == nil || len(r.Spec.Value) == 0 {
+		return nil, fmt.Errorf("exec %q has no process spec: %w", r.ExecID, errdefs.ErrInvalidArgument)
+	}
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	stdio := process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
+	if _, err := c.AddExec(r.ExecID, r.Spec.Value, stdio); err != nil {
+		return nil, err
+	}
+	s.events.Publish(TopicExecAdded, &eventstypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
+	return empty, nil
+}
+
+func (s *Service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.StateResponse, error) {
+	p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	st := p.Status()
+	id := r.ExecID
+	if id == "" {
+		id = r.ID
+	}
+	return &taskapi.StateResponse{
+		ID: id, ExecID: r.ExecID, Bundle: p.Container().Bundle, Pid: uint32(st.Pid),
+		Status: taskStatus(st.State),
+		Stdin:  p.Stdio.Stdin, Stdout: p.Stdio.Stdout, Stderr: p.Stdio.Stderr, Terminal: p.Stdio.Terminal,
+		ExitStatus: uint32(st.ExitStatus), ExitedAt: exitedAt(st),
+	}, nil
+}
+
+func taskStatus(s process.State) task.Status {
+	switch s {
+	case process.Created:
+		return task.Status_CREATED
+	case process.Running:
+		return task.Status_RUNNING
+	case process.Paused:
+		return task.Status_PAUSED
+	case process.Stopped, process.Deleted:
+		return task.Status_STOPPED
+	}
+	return task.Status_UNKNOWN
+}
+
+func exitedAt(st process.Status) *timestamppb.Timestamp {
+	if st.ExitedAt.IsZero() {
+		return nil
+	}
+	return timestamppb.New(st.ExitedAt)
+}
+
+func (s *Service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.PidsResponse, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := c.Pids(ctx)
+	if err != nil {
+		return nil, err
+	}
+	execByPid := make(map[int]string)
+	for _, p := range c.Execs() {
+		if st := p.Status(); st.Pid > 0 {
+			execByPid[st.Pid] = p.ExecID
+		}
+	}
+	resp := &taskapi.PidsResponse{}
+	for _, pid := range pids {
+		info := &task.ProcessInfo{Pid: uint32(pid)}
+		if execID, ok := execByPid[pid]; ok {
+			if a, err := typeurl.MarshalAnyToProto(&options.ProcessDetails{ExecID: execID}); err == nil {
+				info.Info = a
+			}
+		}
+		resp.Processes = append(resp.Processes, info)
+	}
+	return resp, nil
+}
+
+func (s *Service) Pause(ctx context.Context, r *taskapi.PauseRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Init().Pause(ctx); err != nil {
+		return nil, err
+	}
+	s.events.Publish(TopicPaused, &eventstypes.TaskPaused{ContainerID: r.ID})
+	return empty, nil
+}
+
+func (s *Service) Resume(ctx context.Context, r *taskapi.ResumeRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Init().Resume(ctx); err != nil {
+		return nil, err
+	}
+	s.events.Publish(TopicResumed, &eventstypes.TaskResumed{ContainerID: r.ID})
+	return empty, nil
+}
+
+func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Empty, error) {
+	p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Signal == 0 || r.Signal > 64 {
+		return nil, fmt.Errorf("signal %d: %w", r.Signal, errdefs.ErrInvalidArgument)
+	}
+	if r.All && !p.IsInit() {
+		return nil, fmt.Errorf("kill --all applies to the container, not exec %q: %w", r.ExecID, errdefs.ErrInvalidArgument)
+	}
+	if err := p.Kill(ctx, syscall.Signal(r.Signal), r.All); err != nil {
+		return nil, err
+	}
+	return empty, nil
+}
+
+func (s *Service) CloseIO(ctx context.Context, r *taskapi.CloseIORequest) (*emptypb.Empty, error) {
+	p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Stdin {
+		p.CloseStdin()
+	}
+	return empty, nil
+}
+
+func (s *Service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.WaitResponse, error) {
+	p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	st, err := p.Wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &taskapi.WaitResponse{ExitStatus: uint32(st.ExitStatus), ExitedAt: exitedAt(st)}, nil
+}
+
+func (s *Service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
+	resp := &taskapi.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: "keel"}
+	if c, err := s.container(r.ID); err == nil {
+		resp.TaskPid = uint32(c.Init().Status().Pid)
+	}
+	return resp, nil
+}
+
+// Shutdown stops the shim once it serves no container; otherwise it is a
+// no-op, since other containers of the group still need it.
+func (s *Service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	if len(s.containers) > 0 || len(s.creating) > 0 || s.shutdown {
+		s.mu.Unlock()
+		return empty, nil
+	}
+	s.shutdown = true
+	s.mu.Unlock()
+	s.log.Info("shutting down")
+	go s.onShutdown()
+	return empty, nil
+}
+
+func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
+	return nil, fmt.Errorf("resize pty: %w", errdefs.ErrNotImplemented)
+}
+
+func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, fmt.Errorf("checkpoint: %w", errdefs.ErrNotImplemented)
+}
+
+func (s *Service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*emptypb.Empty, error) {
+	return nil, fmt.Errorf("update: %w", errdefs.ErrNotImplemented)
+}
+
+func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
+	return nil, fmt.Errorf("stats: %w", errdefs.ErrNotImplemented)
+}
