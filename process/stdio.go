@@ -119,6 +119,9 @@ func (p *IO) output(path string) (*os.File, error) {
 	p.outputs.Add(1)
 	go func() {
 		defer p.outputs.Done()
+		// Closing our end once the output ends is what gives the reader
+		// (ctr, CRI) its EOF.
+		defer dst.Close()
 		buf := bufPool.Get().(*[]byte)
 		defer bufPool.Put(buf)
 		_, _ = io.CopyBuffer(dst, onlyReader{r}, *buf)
