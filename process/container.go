@@ -31,10 +31,12 @@ type Observer interface {
 // Config describes a container to create.
 type Config struct {
 	ID, Bundle   string
+	Namespace    string
 	Rootfs       []Mount // mounted on Bundle/rootfs; none for a ready rootfs
 	Stdio        Stdio
 	NoPivot      bool
 	NoNewKeyring bool
+	IoUID, IoGID int // owner of the stdio pipes; 0 keeps root
 }
 
 // Deps are the shim-wide services a container uses.
@@ -48,6 +50,7 @@ type Deps struct {
 type Container struct {
 	ID, Bundle string
 
+	ioCfg       IOConfig
 	rt          *runtime.Runtime
 	reaper      *reaper.Reaper
 	obs         Observer
@@ -68,6 +71,7 @@ type Container struct {
 // runtime. Its init process is Created, waiting for Start.
 func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 	c := &Container{ID: cfg.ID, Bundle: cfg.Bundle, rt: d.Runtime, reaper: d.Reaper, obs: d.Observer}
+	c.ioCfg = IOConfig{ContainerID: cfg.ID, Namespace: cfg.Namespace, UID: cfg.IoUID, GID: cfg.IoGID, Reaper: d.Reaper}
 	c.execs.byID = make(map[string]*Process)
 	if c.sharedPidNS, err = sharesPidNamespace(cfg.Bundle); err != nil {
 		return nil, err
@@ -84,7 +88,7 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 			}
 		}()
 	}
-	io, err := NewIO(ctx, cfg.Stdio)
+	io, err := NewIO(ctx, cfg.Stdio, c.ioCfg)
 	if err != nil {
 		return nil, err
 	}

@@ -112,7 +112,7 @@ func (p *Process) startExec(ctx context.Context) (err error) {
 			p.c.execs.running.Done()
 		}
 	}()
-	io, err := NewIO(ctx, p.Stdio)
+	io, err := NewIO(ctx, p.Stdio, p.c.ioCfg)
 	if err != nil {
 		return err
 	}

@@ -112,9 +112,10 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		mounts = append(mounts, process.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
 	}
 	c, err := process.Create(ctx, process.Config{
-		ID: r.ID, Bundle: r.Bundle, Rootfs: mounts,
+		ID: r.ID, Bundle: r.Bundle, Namespace: s.ns, Rootfs: mounts,
 		Stdio:   process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		NoPivot: opts.NoPivotRoot, NoNewKeyring: opts.NoNewKeyring,
+		IoUID: int(opts.IoUid), IoGID: int(opts.IoGid),
 	}, process.Deps{Runtime: runtime.New(rtCfg, s.reaper), Reaper: s.reaper, Observer: s})
 	if err != nil {
 		return nil, err

@@ -1,0 +1,106 @@
+//go:build linux
+
+package process
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// spliceChunk is the most one splice call moves: a pipe holds 64 KiB by
+// default, so this never limits a call in practice.
+const spliceChunk = 1 << 20
+
+// bufPool holds copy buffers for the paths splice cannot take, so that
+// idle processes hold none.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyStream copies src to dst until src ends. Between a pipe and a pipe,
+// FIFO or file it splices, so the bytes never enter user space; it falls
+// back to a pooled buffer where the kernel refuses (a terminal, say).
+// Both files stay in Go's poller: no OS thread blocks per stream.
+func copyStream(dst, src *os.File) (int64, error) {
+	n, err := splice(dst, src)
+	if !errors.Is(err, errNoSplice) {
+		return n, err
+	}
+	buf := bufPool.Get().(*[]byte)
+	defer bufPool.Put(buf)
+	m, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *buf)
+	return n + m, err
+}
+
+// onlyReader and onlyWriter hide *os.File's ReadFrom/WriteTo so that
+// io.CopyBuffer really uses the pooled buffer.
+type onlyReader struct{ io.Reader }
+type onlyWriter struct{ io.Writer }
+
+var errNoSplice = errors.New("splice not supported")
+
+// splice moves data with splice(2) until src reaches EOF. It returns
+// errNoSplice if the first call shows the pair cannot be spliced.
+func splice(dst, src *os.File) (int64, error) {
+	srcRC, err := src.SyscallConn()
+	if err != nil {
+		return 0, errNoSplice
+	}
+	dstRC, err := dst.SyscallConn()
+	if err != nil {
+		return 0, errNoSplice
+	}
+	var dfd int
+	if err := dstRC.Control(func(fd uintptr) { dfd = int(fd) }); err != nil {
+		return 0, err
+	}
+	var total int64
+	for {
+		var n int64
+		var serr error
+		dstFull := false
+		rerr := srcRC.Read(func(sfd uintptr) bool {
+			n, serr = unix.Splice(int(sfd), nil, dfd, nil, spliceChunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+			if serr == unix.EAGAIN {
+				if !ready(dfd, unix.POLLOUT) {
+					dstFull = true // wait on dst, below
+					return true
+				}
+				return false // src is empty: the poller waits for data
+			}
+			return true
+		})
+		switch {
+		case rerr != nil:
+			return total, rerr
+		case dstFull:
+			// Wait until dst drains. The check runs after the poller
+			// armed the wait, so no wake-up can be missed.
+			if werr := dstRC.Write(func(fd uintptr) bool { return ready(int(fd), unix.POLLOUT) }); werr != nil {
+				return total, werr
+			}
+			continue
+		case serr == unix.EINVAL && total == 0:
+			return 0, errNoSplice
+		case serr != nil:
+			return total, serr
+		case n == 0:
+			return total, nil // EOF
+		}
+		total += n
+	}
+}
+
+// ready polls fd once, without waiting.
+func ready(fd int, events int16) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: events}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n > 0 && fds[0].Revents&(events|unix.POLLERR|unix.POLLHUP) != 0
+	}
+}
