@@ -96,11 +96,13 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 	w := d.Reaper.Watch()
 	defer w.Close()
 	err = c.rt.Create(ctx, c.ID, runtime.CreateOpts{
-		Bundle: cfg.Bundle, PidFile: pidFile,
+		Bundle: cfg.Bundle, PidFile: pidFile, ConsoleSocket: io.ConsoleSocket(),
 		NoPivot: cfg.NoPivot, NoNewKeyring: cfg.NoNewKeyring,
 		Stdio: io.Child(),
 	})
-	io.CloseChild()
+	if err == nil {
+		err = io.Started()
+	}
 	var pid int
 	if err == nil {
 		pid, err = readPid(pidFile)
@@ -210,7 +212,7 @@ func (c *Container) tempPath(prefix, suffix string) string {
 
 // runtimeExecOpts passes an exec's pid file and stdio to the runtime.
 func runtimeExecOpts(pidFile string, io *IO) runtime.ExecOpts {
-	return runtime.ExecOpts{PidFile: pidFile, Stdio: io.Child()}
+	return runtime.ExecOpts{PidFile: pidFile, ConsoleSocket: io.ConsoleSocket(), Stdio: io.Child()}
 }
 
 // sharesPidNamespace reads the bundle's OCI spec: a container without a

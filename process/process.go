@@ -123,7 +123,9 @@ func (p *Process) startExec(ctx context.Context) (err error) {
 	w := p.c.reaper.Watch()
 	defer w.Close()
 	err = p.c.rt.Exec(ctx, p.c.ID, p.spec, runtimeExecOpts(pidFile, io))
-	io.CloseChild()
+	if err == nil {
+		err = io.Started()
+	}
 	if err == nil {
 		p.pid, err = readPid(pidFile)
 	}
@@ -277,4 +279,15 @@ func (p *Process) transition(ctx context.Context, op Op, do func(context.Context
 	}
 	p.state = to
 	return nil
+}
+
+// ResizePty resizes the process's terminal, if it has one.
+func (p *Process) ResizePty(width, height uint32) error {
+	p.mu.Lock()
+	io := p.io
+	p.mu.Unlock()
+	if io == nil {
+		return nil
+	}
+	return io.Resize(width, height)
 }

@@ -48,23 +48,25 @@ type IO struct {
 	outputs sync.WaitGroup // stdout and stderr copiers
 	closers []io.Closer    // everything to close at the end
 	logger  *logger        // a binary:// logging process, if any
+
+	// A terminal: the runtime sends the pty master to console, and the
+	// shim copies between it, the stdin FIFO and ttyOut.
+	console *runtime.ConsoleSocket
+	ttyOut  *os.File
+	pty     *os.File
 }
 
-// NewIO sets up stdio for a process. The ends in Child must be passed to
-// the runtime, then released with CloseChild.
+// NewIO sets up stdio for a process. Pass Child and ConsoleSocket to the
+// runtime, then call Started.
 func NewIO(ctx context.Context, s Stdio, cfg IOConfig) (_ *IO, err error) {
-	if s.Terminal {
-		return nil, fmt.Errorf("terminal stdio: %w", errdefs.ErrNotImplemented)
-	}
 	p := &IO{}
 	defer func() {
 		if err != nil {
-			p.CloseChild()
 			p.Close()
 		}
 	}()
 	if s.Stdin != "" {
-		if err := p.openStdin(ctx, s.Stdin, cfg); err != nil {
+		if err := p.openStdin(ctx, s.Stdin, cfg, !s.Terminal); err != nil {
 			return nil, err
 		}
 	}
@@ -75,6 +77,17 @@ func NewIO(ctx context.Context, s Stdio, cfg IOConfig) (_ *IO, err error) {
 	errt, err := parseTarget(s.Stderr)
 	if err != nil {
 		return nil, err
+	}
+	if s.Terminal {
+		// One pty carries everything; stderr has nowhere else to go.
+		if out.kind == targetBinary {
+			return nil, fmt.Errorf("a terminal with a binary:// logger: %w", errdefs.ErrNotImplemented)
+		}
+		if p.ttyOut, err = openTarget(out); err != nil {
+			return nil, err
+		}
+		p.console, err = runtime.NewConsoleSocket()
+		return p, err
 	}
 	if out.kind == targetBinary || errt.kind == targetBinary {
 		// A logging binary takes both streams, as containerd sends it.
@@ -137,7 +150,9 @@ func parseTarget(s string) (target, error) {
 	return target{}, fmt.Errorf("stdio %q: unsupported scheme %q: %w", s, u.Scheme, errdefs.ErrInvalidArgument)
 }
 
-func (p *IO) openStdin(ctx context.Context, path string, cfg IOConfig) error {
+// openStdin opens the stdin FIFO and, unless a terminal will carry it, a
+// pipe that becomes the process's stdin.
+func (p *IO) openStdin(ctx context.Context, path string, cfg IOConfig, pipe bool) error {
 	t, err := parseTarget(path)
 	if err != nil {
 		return err
@@ -151,12 +166,15 @@ func (p *IO) openStdin(ctx context.Context, path string, cfg IOConfig) error {
 	if err != nil {
 		return fmt.Errorf("open stdin %s: %w", path, err)
 	}
+	p.stdinR = in
+	if !pipe {
+		return nil
+	}
 	r, w, err := newPipe(cfg)
 	if err != nil {
-		in.Close()
 		return err
 	}
-	p.stdinR, p.stdinW, p.child.Stdin = in, w, r
+	p.stdinW, p.child.Stdin = w, r
 	go p.copyStdin()
 	return nil
 }
@@ -164,8 +182,22 @@ func (p *IO) openStdin(ctx context.Context, path string, cfg IOConfig) error {
 // output opens t and starts copying a new pipe into it. It returns the
 // pipe's write end for the process, or nil for no output.
 func (p *IO) output(t target, cfg IOConfig) (*os.File, error) {
-	var dst *os.File
-	var err error
+	dst, err := openTarget(t)
+	if dst == nil || err != nil {
+		return nil, err
+	}
+	r, w, err := newPipe(cfg)
+	if err != nil {
+		dst.Close()
+		return nil, err
+	}
+	p.closers = append(p.closers, r)
+	p.copyOut(dst, r)
+	return w, nil
+}
+
+// openTarget opens an output FIFO or file; nil for none.
+func openTarget(t target) (dst *os.File, err error) {
 	switch t.kind {
 	case targetNone:
 		return nil, nil
@@ -175,25 +207,25 @@ func (p *IO) output(t target, cfg IOConfig) (*os.File, error) {
 		dst, err = os.OpenFile(t.path, os.O_RDWR|syscall.O_CLOEXEC, 0)
 	case targetFile:
 		dst, err = openLogFile(t.path)
+	default:
+		return nil, fmt.Errorf("stdio %s: not an output target: %w", t.path, errdefs.ErrInvalidArgument)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open stdio %s: %w", t.path, err)
 	}
-	r, w, err := newPipe(cfg)
-	if err != nil {
-		dst.Close()
-		return nil, err
-	}
-	p.closers = append(p.closers, dst, r)
+	return dst, nil
+}
+
+// copyOut copies src into dst until src ends, then closes dst: that close
+// is what gives the reader (ctr, CRI) its EOF.
+func (p *IO) copyOut(dst, src *os.File) {
+	p.closers = append(p.closers, dst)
 	p.outputs.Add(1)
 	go func() {
 		defer p.outputs.Done()
-		// Closing our end once the output ends is what gives the reader
-		// (ctr, CRI) its EOF.
 		defer dst.Close()
-		_, _ = copyStream(dst, r)
+		_, _ = copyStream(dst, src)
 	}()
-	return w, nil
 }
 
 // openLogFile opens a file:// target for appending, creating its parent
@@ -246,9 +278,61 @@ func (p *IO) copyStdin() {
 // Child returns the ends to hand to the runtime.
 func (p *IO) Child() runtime.Stdio { return p.child }
 
-// CloseChild closes the process's ends in the shim, once the runtime has
-// passed them on, so that EOF reaches the copiers when the process exits.
-func (p *IO) CloseChild() {
+// ConsoleSocket is the --console-socket for a terminal process, or "".
+func (p *IO) ConsoleSocket() string {
+	if p.console == nil {
+		return ""
+	}
+	return p.console.Path()
+}
+
+// consoleTimeout bounds the wait for the pty of a runtime that has already
+// returned from create or exec: the fd is queued by then.
+const consoleTimeout = 5 * time.Second
+
+// Started is called once the runtime has started the process: the shim
+// closes its copies of the process's ends, so that EOF reaches the copiers
+// when the process exits, and for a terminal takes the pty and starts
+// copying through it.
+func (p *IO) Started() error {
+	p.closeChild()
+	if p.console == nil {
+		return nil
+	}
+	pty, err := p.console.Receive(consoleTimeout)
+	p.console.Close()
+	p.console = nil
+	if err != nil {
+		return err
+	}
+	p.pty = pty
+	p.closers = append(p.closers, pty)
+	if p.stdinR != nil {
+		go func() {
+			buf := bufPool.Get().(*[]byte)
+			defer bufPool.Put(buf)
+			_, _ = io.CopyBuffer(onlyWriter{pty}, p.stdinR, *buf)
+			// As containerd's shim does: when stdin ends, the terminal
+			// is hung up.
+			pty.Close()
+		}()
+	}
+	if p.ttyOut != nil {
+		p.copyOut(p.ttyOut, pty)
+	}
+	return nil
+}
+
+// Resize sets the terminal's size; without a terminal it does nothing, as
+// with containerd's shim (clients resize on every SIGWINCH).
+func (p *IO) Resize(width, height uint32) error {
+	if p.pty == nil {
+		return nil
+	}
+	return runtime.Resize(p.pty, uint16(width), uint16(height))
+}
+
+func (p *IO) closeChild() {
 	for _, f := range []*os.File{p.child.Stdin, p.child.Stdout, p.child.Stderr} {
 		if f != nil {
 			f.Close()
@@ -282,6 +366,13 @@ func (p *IO) Drain(timeout time.Duration) bool {
 // Close releases everything; copiers still running end with errors, and a
 // logging binary is asked to finish.
 func (p *IO) Close() {
+	p.closeChild()
+	if p.console != nil {
+		p.console.Close()
+	}
+	if p.ttyOut != nil && p.pty == nil {
+		p.ttyOut.Close() // never handed to a copier
+	}
 	p.CloseStdin()
 	if p.stdinR != nil {
 		p.stdinR.Close()

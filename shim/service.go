@@ -364,7 +364,14 @@ func (s *Service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*em
 }
 
 func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
-	return nil, fmt.Errorf("resize pty: %w", errdefs.ErrNotImplemented)
+	p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.ResizePty(r.Width, r.Height); err != nil {
+		return nil, err
+	}
+	return empty, nil
 }
 
 func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskRequest) (*emptypb.Empty, error) {
