@@ -1,0 +1,356 @@
+//go:build linux
+
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keel-shim/keel/integration/imagebuild"
+)
+
+// allVersions are the containerd generations every test runs against, in order.
+var allVersions = []string{"1.6", "2.2", "2.4"}
+
+// forEachVersion runs fn as subtests "1.6", "2.2", "2.4", one after the
+// other, each with its own private containerd. KEEL_TEST_VERSIONS=2.4,1.6
+// narrows the list while developing.
+func forEachVersion(t *testing.T, fn func(t *testing.T, d *Daemon)) {
+	versions := allVersions
+	if v := os.Getenv("KEEL_TEST_VERSIONS"); v != "" {
+		versions = strings.Split(v, ",")
+	}
+	for _, v := range versions {
+		t.Run(v, func(t *testing.T) { fn(t, StartContainerd(t, v)) })
+	}
+}
+
+// Daemon is a private containerd: its own root, state, sockets and config in
+// a short temp dir, so it never touches the machine's containerd.
+type Daemon struct {
+	Version   string
+	Dir       string
+	Address   string // gRPC socket; the ttrpc one is Address+".ttrpc"
+	Namespace string
+	Runtime   string
+	binDir    string
+	logPath   string
+	cmd       *exec.Cmd
+	exited    chan struct{}
+	ids       []string // container IDs handed out, for cleanup
+}
+
+// binDir returns where the containerd, ctr and runc shim of a version live.
+func binDir(version string) (string, error) {
+	prefix := pins["KEEL_CONTAINERD_PREFIX"]
+	if p := os.Getenv("KEEL_CONTAINERD_PREFIX"); p != "" {
+		prefix = p
+	}
+	switch version {
+	case "1.6":
+		return "/usr/bin", nil // Debian 12's containerd package
+	case "2.2":
+		return filepath.Join(prefix, "containerd-"+pins["KEEL_CONTAINERD_V22"], "bin"), nil
+	case "2.4":
+		return filepath.Join(prefix, "containerd-"+pins["KEEL_CONTAINERD_V24"], "bin"), nil
+	}
+	return "", fmt.Errorf("unknown containerd version %q (want one of %v)", version, allVersions)
+}
+
+// StartContainerd starts a private containerd of the given version with the
+// busybox image imported, and stops and cleans it up when t ends.
+func StartContainerd(t *testing.T, version string) *Daemon {
+	t.Helper()
+	requireSetup(t)
+	bin, err := binDir(version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	need := []string{"containerd", "ctr"}
+	if runtimeName() != defaultRuntime {
+		need = append(need, shimBinaryName())
+	}
+	for _, name := range need {
+		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {
+			skipOrFail(t, "containerd %s is not installed (%v); run scripts/install-deps.sh", version, err)
+		}
+	}
+	// Unix socket paths must stay under 108 bytes: keep the dir short.
+	dir, err := os.MkdirTemp("/tmp", "k-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Daemon{
+		Version:   version,
+		Dir:       dir,
+		Address:   filepath.Join(dir, "c.sock"),
+		Namespace: "keeltest",
+		Runtime:   runtimeName(),
+		binDir:    bin,
+		logPath:   filepath.Join(dir, "containerd.log"),
+		exited:    make(chan struct{}),
+	}
+	t.Cleanup(func() { d.cleanup(t) })
+	cfg := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfg, []byte(d.config()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(d.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	d.cmd = exec.Command(filepath.Join(bin, "containerd"), "--config", cfg)
+	d.cmd.Env = append(os.Environ(), "PATH="+d.path())
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	// Own process group: a ^C to `go test` must not skip our cleanup.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.cmd.Wait(); close(d.exited) }()
+	d.waitReady(t)
+	d.importImage(t)
+	return d
+}
+
+// path puts the Keel shim first, then this version's own binaries (its runc
+// shim must win over Debian's 1.6 one in /usr/bin), then the usual PATH.
+func (d *Daemon) path() string {
+	dirs := []string{d.binDir, os.Getenv("PATH")}
+	if shimDir != "" {
+		dirs = append([]string{shimDir}, dirs...)
+	}
+	return strings.Join(dirs, ":")
+}
+
+// config writes config version 2 for 1.6 and version 3 for 2.x (2.4 migrates
+// 3 to its own version 4 in memory). Plugins we lack the tools for, or that
+// only slow start-up, are disabled; unknown plugin IDs are ignored.
+func (d *Daemon) config() string {
+	cfgVersion := 3
+	if d.Version == "1.6" {
+		cfgVersion = 2
+	}
+	disabled := []string{
+		"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime",
+		"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+		"io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
+		"io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp",
+		"io.containerd.nri.v1.nri",
+		// opt would create /opt/containerd on the host.
+		"io.containerd.internal.v1.opt",
+	}
+	q := make([]string, len(disabled))
+	for i, p := range disabled {
+		q[i] = strconv.Quote(p)
+	}
+	return fmt.Sprintf(`version = %d
+root = %q
+state = %q
+disabled_plugins = [%s]
+
+[grpc]
+  address = %q
+
+[ttrpc]
+  address = %q
+
+[debug]
+  level = "debug"
+`, cfgVersion, filepath.Join(d.Dir, "root"), filepath.Join(d.Dir, "state"),
+		strings.Join(q, ", "), d.Address, d.Address+".ttrpc")
+}
+
+var serverVersionRE = regexp.MustCompile(`(?s)Server:.*?Version:\s+(\S+)`)
+
+func (d *Daemon) waitReady(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-d.exited:
+			t.Fatalf("containerd %s exited during start-up", d.Version)
+		default:
+		}
+		out, err := d.ctrQuiet(5*time.Second, "version")
+		if err == nil {
+			m := serverVersionRE.FindStringSubmatch(out)
+			if m == nil || !strings.HasPrefix(m[1], d.Version+".") {
+				t.Fatalf("expected a containerd %s.x server, ctr version says:\n%s", d.Version, out)
+			}
+			t.Logf("containerd %s ready at %s (log %s)", m[1], d.Address, d.logPath)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("containerd %s did not answer within 30s: %v", d.Version, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (d *Daemon) importImage(t *testing.T) {
+	t.Helper()
+	if _, err := d.Ctr(t, "images", "import", imageTar); err != nil {
+		t.Fatal(err)
+	}
+	out, err := d.Ctr(t, "images", "ls", "-q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, imagebuild.Ref) {
+		t.Fatalf("image %s missing after import; images:\n%s", imagebuild.Ref, out)
+	}
+}
+
+// CtrError is a failed ctr command, with what it printed on stderr.
+type CtrError struct {
+	Args     []string
+	ExitCode int
+	Stderr   string
+}
+
+func (e *CtrError) Error() string {
+	return fmt.Sprintf("ctr %s: exit code %d: %s", strings.Join(e.Args, " "), e.ExitCode, strings.TrimSpace(e.Stderr))
+}
+
+// exitCode is ctr's exit status, or -1 when ctr did not fail with one.
+func exitCode(err error) int {
+	var ce *CtrError
+	if errors.As(err, &ce) {
+		return ce.ExitCode
+	}
+	return -1
+}
+
+// CtrCmd is ctr of the daemon's own version talking to it, unstarted.
+func (d *Daemon) CtrCmd(ctx context.Context, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, filepath.Join(d.binDir, "ctr"),
+		append([]string{"-a", d.Address, "-n", d.Namespace}, args...)...)
+}
+
+// Ctr runs ctr and returns its stdout; a failure is a *CtrError.
+func (d *Daemon) Ctr(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	out, err := d.ctrQuiet(2*time.Minute, args...)
+	t.Logf("ctr %s -> err=%v\n%s", strings.Join(args, " "), err, out)
+	return out, err
+}
+
+func (d *Daemon) ctrQuiet(timeout time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := d.CtrCmd(ctx, args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		ce := &CtrError{Args: args, ExitCode: -1, Stderr: stderr.String()}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			ce.ExitCode = ee.ExitCode()
+		}
+		if ctx.Err() != nil {
+			ce.Stderr += "\n(ctr timed out after " + timeout.String() + ")"
+		}
+		return stdout.String(), ce
+	}
+	return stdout.String(), nil
+}
+
+// NewID returns a container ID unique on this machine: runc state under
+// /run/containerd/runc and shim sockets under /run/containerd/s are shared
+// by every containerd here.
+func (d *Daemon) NewID(prefix string) string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	id := prefix + "-" + hex.EncodeToString(b)
+	d.ids = append(d.ids, id)
+	return id
+}
+
+// Task is one line of `ctr task ls`.
+type Task struct {
+	Pid    int
+	Status string
+}
+
+// Tasks parses `ctr task ls`; its columns are the same in 1.6 and 2.x.
+func (d *Daemon) Tasks(t *testing.T) map[string]Task {
+	t.Helper()
+	out, err := d.ctrQuiet(time.Minute, "task", "ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tasks := map[string]Task{}
+	for _, line := range strings.Split(out, "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			continue
+		}
+		pid, err := strconv.Atoi(f[1])
+		if err != nil {
+			t.Fatalf("bad pid in `ctr task ls` line %q", line)
+		}
+		tasks[f[0]] = Task{Pid: pid, Status: f[2]}
+	}
+	return tasks
+}
+
+// WaitStatus polls `ctr task ls` until task id has the given status.
+func (d *Daemon) WaitStatus(t *testing.T, id, status string) Task {
+	t.Helper()
+	var last Task
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if task, ok := d.Tasks(t)[id]; ok {
+			if last = task; task.Status == status {
+				return task
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("task %s never became %s within 15s; last seen %+v", id, status, last)
+	return last
+}
+
+// BundleDir is where containerd keeps a task's bundle (config.json, and the
+// shim's address or bootstrap.json).
+func (d *Daemon) BundleDir(id string) string {
+	return filepath.Join(d.Dir, "state", "io.containerd.runtime.v2.task", d.Namespace, id)
+}
+
+// rmExitRE matches what `ctr task rm` logs for a task that exited non-zero,
+// the same in 1.6, 2.2 and 2.4: "task ID exit with non-zero exit code 137".
+var rmExitRE = regexp.MustCompile(`exit with non-zero exit code (\d+)`)
+
+// TaskRm deletes a stopped task and returns the exit status that the shim's
+// Delete reported. ctr has no `task wait`; `task rm` logs a non-zero status
+// on stderr and says nothing for 0. (`task attach` exits with the status too,
+// but deletes the task itself.)
+func (d *Daemon) TaskRm(t *testing.T, id string) int {
+	t.Helper()
+	out, err := d.CtrCmd(t.Context(), "task", "rm", id).CombinedOutput()
+	t.Logf("ctr task rm %s -> err=%v\n%s", id, err, out)
+	if err != nil {
+		t.Fatalf("ctr task rm %s: %v\n%s", id, err, out)
+	}
+	m := rmExitRE.FindSubmatch(out)
+	if m == nil {
+		return 0
+	}
+	code, _ := strconv.Atoi(string(m[1]))
+	return code
+}

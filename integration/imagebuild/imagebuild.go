@@ -1,0 +1,223 @@
+// Package imagebuild writes a tiny busybox OCI image (and the same tree as a
+// plain rootfs directory) without any registry: the test machines have none,
+// but they have Debian's busybox-static.
+package imagebuild
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+)
+
+// Ref is the name the image is imported under.
+const Ref = "docker.io/library/busybox:keel"
+
+// DefaultBusybox is where Debian's busybox-static puts the binary.
+const DefaultBusybox = "/usr/bin/busybox"
+
+// Applets get a /bin symlink to busybox; the tests and the demo only use these.
+var Applets = []string{
+	"sh", "echo", "cat", "sleep", "ls", "ps", "top", "true", "false", "env",
+	"id", "pwd", "kill", "touch", "mkdir", "rm", "wc", "head", "grep",
+	"hostname", "test", "uname", "date", "readlink", "stat",
+}
+
+var dirs = []string{"bin", "dev", "etc", "proc", "root", "sys", "tmp"}
+
+// Fixed mtime so the image (and its digest) is the same on every build.
+var epoch = time.Unix(0, 0).UTC()
+
+var etcFiles = map[string]string{
+	"etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
+	"etc/group":  "root:x:0:\n",
+}
+
+// WriteRootfs lays the image's files out in dir, for `ctr run --rootfs`.
+func WriteRootfs(dir, busybox string) error {
+	for _, d := range dirs {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(filepath.Join(dir, "tmp"), 0o1777); err != nil {
+		return err
+	}
+	data, err := os.ReadFile(busybox)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin/busybox"), data, 0o755); err != nil {
+		return err
+	}
+	for _, a := range Applets {
+		if err := os.Symlink("busybox", filepath.Join(dir, "bin", a)); err != nil && !os.IsExist(err) {
+			return err
+		}
+	}
+	for name, content := range etcFiles {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// layer returns the uncompressed layer tar with the same tree as WriteRootfs.
+func layer(busybox string) ([]byte, error) {
+	data, err := os.ReadFile(busybox)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	hdr := func(h *tar.Header) error {
+		h.ModTime, h.Format = epoch, tar.FormatPAX
+		return tw.WriteHeader(h)
+	}
+	for _, d := range dirs {
+		mode := int64(0o755)
+		if d == "tmp" {
+			mode = 0o1777
+		}
+		if err := hdr(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: mode}); err != nil {
+			return nil, err
+		}
+	}
+	if err := hdr(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(data))}); err != nil {
+		return nil, err
+	}
+	if _, err := tw.Write(data); err != nil {
+		return nil, err
+	}
+	for _, a := range Applets {
+		if err := hdr(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + a, Linkname: "busybox", Mode: 0o777}); err != nil {
+			return nil, err
+		}
+	}
+	for _, name := range []string{"etc/group", "etc/passwd"} {
+		c := etcFiles[name]
+		if err := hdr(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(c))}); err != nil {
+			return nil, err
+		}
+		if _, err := io.WriteString(tw, c); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+type descriptor struct {
+	MediaType   string            `json:"mediaType"`
+	Digest      string            `json:"digest"`
+	Size        int64             `json:"size"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	Platform    *platform         `json:"platform,omitempty"`
+}
+
+type platform struct {
+	Architecture string `json:"architecture"`
+	OS           string `json:"os"`
+}
+
+func digest(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// WriteOCIArchive writes an OCI image layout tarball, as `ctr images import`
+// reads it, holding one image named ref for the host's architecture.
+func WriteOCIArchive(w io.Writer, busybox, ref string) error {
+	layerTar, err := layer(busybox)
+	if err != nil {
+		return err
+	}
+	plat := platform{Architecture: runtime.GOARCH, OS: "linux"}
+	config, err := json.Marshal(map[string]any{
+		"architecture": plat.Architecture,
+		"os":           plat.OS,
+		"config": map[string]any{
+			"Env":        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+			"Cmd":        []string{"sh"},
+			"WorkingDir": "/",
+		},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{digest(layerTar)}},
+	})
+	if err != nil {
+		return err
+	}
+	manifest, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
+		"config":        descriptor{MediaType: "application/vnd.oci.image.config.v1+json", Digest: digest(config), Size: int64(len(config))},
+		"layers":        []descriptor{{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: digest(layerTar), Size: int64(len(layerTar))}},
+	})
+	if err != nil {
+		return err
+	}
+	index, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     "application/vnd.oci.image.index.v1+json",
+		"manifests": []descriptor{{
+			MediaType: "application/vnd.oci.image.manifest.v1+json",
+			Digest:    digest(manifest),
+			Size:      int64(len(manifest)),
+			// containerd names the imported image after these annotations.
+			Annotations: map[string]string{
+				"io.containerd.image.name":          ref,
+				"org.opencontainers.image.ref.name": ref,
+			},
+			Platform: &plat,
+		}},
+	})
+	if err != nil {
+		return err
+	}
+
+	tw := tar.NewWriter(w)
+	add := func(name string, b []byte) error {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(b)), ModTime: epoch}); err != nil {
+			return err
+		}
+		_, err := tw.Write(b)
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "blobs/sha256/", Mode: 0o755, ModTime: epoch}); err != nil {
+		return err
+	}
+	for _, b := range [][]byte{layerTar, config, manifest} {
+		if err := add("blobs/sha256/"+digest(b)[len("sha256:"):], b); err != nil {
+			return err
+		}
+	}
+	if err := add("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
+		return err
+	}
+	if err := add("index.json", index); err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// WriteOCIArchiveFile is WriteOCIArchive to a new file at path.
+func WriteOCIArchiveFile(path, busybox, ref string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := WriteOCIArchive(f, busybox, ref); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}

@@ -1,0 +1,82 @@
+//go:build linux
+
+package integration
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestTaskLifecycle drives a detached container through exec, ps, pause,
+// resume, kill and delete.
+func TestTaskLifecycle(t *testing.T) {
+	forEachVersion(t, func(t *testing.T, d *Daemon) {
+		id := d.NewID("life")
+		if _, err := d.Ctr(t, "run", "-d", "--runtime", d.Runtime, imageRef, id, "sleep", "1000"); err != nil {
+			t.Fatal(err)
+		}
+		task := d.WaitStatus(t, id, "RUNNING")
+
+		out, err := d.Ctr(t, "task", "exec", "--exec-id", "x1", id, "sh", "-c", "echo out; exit 3")
+		if code := exitCode(err); code != 3 {
+			t.Fatalf("exec exit code %d (%v), want 3", code, err)
+		}
+		if out != "out\n" {
+			t.Fatalf("exec stdout %q, want %q", out, "out\n")
+		}
+
+		out, err = d.Ctr(t, "task", "ps", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// "PID INFO" header, then one line per process of the container.
+		var pids []int
+		for _, line := range strings.Split(out, "\n")[1:] {
+			if f := strings.Fields(line); len(f) > 0 {
+				pid, err := strconv.Atoi(f[0])
+				if err != nil {
+					t.Fatalf("bad `ctr task ps` line %q", line)
+				}
+				pids = append(pids, pid)
+			}
+		}
+		if len(pids) != 1 || pids[0] != task.Pid {
+			t.Fatalf("task ps lists %v, want just the init pid %d", pids, task.Pid)
+		}
+
+		if _, err := d.Ctr(t, "task", "pause", id); err != nil {
+			t.Fatal(err)
+		}
+		if st := d.Tasks(t)[id].Status; st != "PAUSED" {
+			t.Fatalf("after pause, status %q, want PAUSED", st)
+		}
+		if _, err := d.Ctr(t, "task", "resume", id); err != nil {
+			t.Fatal(err)
+		}
+		if st := d.Tasks(t)[id].Status; st != "RUNNING" {
+			t.Fatalf("after resume, status %q, want RUNNING", st)
+		}
+
+		if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", id); err != nil {
+			t.Fatal(err)
+		}
+		d.WaitStatus(t, id, "STOPPED")
+		if code := d.TaskRm(t, id); code != 137 {
+			t.Fatalf("ctr task rm reports exit code %d, want 137 (SIGKILL)", code)
+		}
+		if _, ok := d.Tasks(t)[id]; ok {
+			t.Fatalf("task %s still listed after task rm", id)
+		}
+		if _, err := d.Ctr(t, "containers", "rm", id); err != nil {
+			t.Fatal(err)
+		}
+		out, err = d.Ctr(t, "containers", "ls", "-q")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, id) {
+			t.Fatalf("container %s still listed after containers rm", id)
+		}
+	})
+}
