@@ -17,7 +17,7 @@ import (
 // cleanup undoes everything a Daemon may have left, even after a failed or
 // aborted test: tasks, containers, containerd, stray shims and their
 // containers, runc state, mounts, cgroups, and the temp dir.
-func (d *Daemon) cleanup(t *testing.T) {
+func (d *Daemon) cleanup(t testing.TB) {
 	if t.Failed() {
 		d.dumpLog(t)
 	}
@@ -41,7 +41,7 @@ func (d *Daemon) cleanup(t *testing.T) {
 	d.removeCgroups()
 }
 
-func (d *Daemon) removeContainers(t *testing.T) {
+func (d *Daemon) removeContainers(t testing.TB) {
 	select {
 	case <-d.exited:
 		return
@@ -67,7 +67,7 @@ func (d *Daemon) removeContainers(t *testing.T) {
 	}
 }
 
-func (d *Daemon) stop(t *testing.T) {
+func (d *Daemon) stop(t testing.TB) {
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-d.exited:
@@ -80,7 +80,7 @@ func (d *Daemon) stop(t *testing.T) {
 
 // killStrayShims kills shims still serving this daemon, with everything
 // below them (the container processes), by pid.
-func (d *Daemon) killStrayShims(t *testing.T) {
+func (d *Daemon) killStrayShims(t testing.TB) {
 	for _, pid := range allPids() {
 		args := cmdline(pid)
 		for i := 0; i+1 < len(args); i++ {
@@ -98,7 +98,7 @@ func (d *Daemon) killStrayShims(t *testing.T) {
 
 // unmountUnder detaches every mount below dir (rootfs overlays, shm), the
 // deepest first, so that RemoveAll cannot walk into a mounted filesystem.
-func unmountUnder(t *testing.T, dir string) {
+func unmountUnder(t testing.TB, dir string) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		t.Errorf("cleanup: %v", err)
@@ -168,7 +168,7 @@ func (d *Daemon) removeCgroups() {
 
 // dumpLog prints containerd's log, which holds the shim's log too, leaving
 // out the plugin-loading noise of start-up.
-func (d *Daemon) dumpLog(t *testing.T) {
+func (d *Daemon) dumpLog(t testing.TB) {
 	data, err := os.ReadFile(d.logPath)
 	if err != nil {
 		t.Logf("no containerd log: %v", err)

@@ -71,7 +71,7 @@ func binDir(version string) (string, error) {
 
 // StartContainerd starts a private containerd of the given version with the
 // busybox image imported, and stops and cleans it up when t ends.
-func StartContainerd(t *testing.T, version string) *Daemon {
+func StartContainerd(t testing.TB, version string) *Daemon {
 	t.Helper()
 	requireSetup(t)
 	bin, err := binDir(version)
@@ -176,7 +176,7 @@ disabled_plugins = [%s]
 
 var serverVersionRE = regexp.MustCompile(`(?s)Server:.*?Version:\s+(\S+)`)
 
-func (d *Daemon) waitReady(t *testing.T) {
+func (d *Daemon) waitReady(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -201,7 +201,7 @@ func (d *Daemon) waitReady(t *testing.T) {
 	}
 }
 
-func (d *Daemon) importImage(t *testing.T) {
+func (d *Daemon) importImage(t testing.TB) {
 	t.Helper()
 	if _, err := d.Ctr(t, "images", "import", imageTar); err != nil {
 		t.Fatal(err)
@@ -242,7 +242,7 @@ func (d *Daemon) CtrCmd(ctx context.Context, args ...string) *exec.Cmd {
 }
 
 // Ctr runs ctr and returns its stdout; a failure is a *CtrError.
-func (d *Daemon) Ctr(t *testing.T, args ...string) (string, error) {
+func (d *Daemon) Ctr(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	out, err := d.ctrQuiet(2*time.Minute, args...)
 	t.Logf("ctr %s -> err=%v\n%s", strings.Join(args, " "), err, out)
@@ -288,7 +288,7 @@ type Task struct {
 }
 
 // Tasks parses `ctr task ls`; its columns are the same in 1.6 and 2.x.
-func (d *Daemon) Tasks(t *testing.T) map[string]Task {
+func (d *Daemon) Tasks(t testing.TB) map[string]Task {
 	t.Helper()
 	out, err := d.ctrQuiet(time.Minute, "task", "ls")
 	if err != nil {
@@ -310,7 +310,7 @@ func (d *Daemon) Tasks(t *testing.T) map[string]Task {
 }
 
 // WaitStatus polls `ctr task ls` until task id has the given status.
-func (d *Daemon) WaitStatus(t *testing.T, id, status string) Task {
+func (d *Daemon) WaitStatus(t testing.TB, id, status string) Task {
 	t.Helper()
 	var last Task
 	deadline := time.Now().Add(15 * time.Second)
@@ -340,7 +340,7 @@ var rmExitRE = regexp.MustCompile(`exit with non-zero exit code (\d+)`)
 // Delete reported. ctr has no `task wait`; `task rm` logs a non-zero status
 // on stderr and says nothing for 0. (`task attach` exits with the status too,
 // but deletes the task itself.)
-func (d *Daemon) TaskRm(t *testing.T, id string) int {
+func (d *Daemon) TaskRm(t testing.TB, id string) int {
 	t.Helper()
 	out, err := d.CtrCmd(t.Context(), "task", "rm", id).CombinedOutput()
 	t.Logf("ctr task rm %s -> err=%v\n%s", id, err, out)

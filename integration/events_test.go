@@ -45,7 +45,7 @@ type EventWatcher struct {
 
 // WatchEvents starts `ctr events` and returns once it is surely subscribed:
 // it waits until an event that it caused itself shows up.
-func (d *Daemon) WatchEvents(t *testing.T) *EventWatcher {
+func (d *Daemon) WatchEvents(t testing.TB) *EventWatcher {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := d.CtrCmd(ctx, "events")
@@ -131,7 +131,7 @@ func (w *EventWatcher) WaitUntil(timeout time.Duration, match func(Event) bool) 
 }
 
 // WaitFor polls until an event matches, and returns it.
-func (w *EventWatcher) WaitFor(t *testing.T, what string, match func(Event) bool) Event {
+func (w *EventWatcher) WaitFor(t testing.TB, what string, match func(Event) bool) Event {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {

@@ -120,7 +120,7 @@ func inCI() bool {
 
 // skipOrFail skips outside CI; in CI a missing prerequisite is a failure, so
 // that a broken CI machine cannot turn the suite green by skipping it.
-func skipOrFail(t *testing.T, format string, args ...any) {
+func skipOrFail(t testing.TB, format string, args ...any) {
 	t.Helper()
 	if inCI() {
 		t.Fatalf("CI=true, so this is a failure: "+format, args...)
@@ -128,7 +128,7 @@ func skipOrFail(t *testing.T, format string, args ...any) {
 	t.Skipf(format, args...)
 }
 
-func requireSetup(t *testing.T) {
+func requireSetup(t testing.TB) {
 	t.Helper()
 	if buildErr != nil {
 		t.Fatal(buildErr)

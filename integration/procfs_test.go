@@ -113,7 +113,7 @@ func (d *Daemon) ShimPids(id string) []int {
 
 // ShimOf returns the shim that parents the task's init process, checking
 // that it is this runtime's shim for that container.
-func (d *Daemon) ShimOf(t *testing.T, id string, initPid int) int {
+func (d *Daemon) ShimOf(t testing.TB, id string, initPid int) int {
 	t.Helper()
 	st, err := readStat(initPid)
 	if err != nil {

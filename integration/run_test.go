@@ -109,7 +109,7 @@ func TestRunMissingBinary(t *testing.T) {
 }
 
 // waitNoShim polls until no shim process for id is left.
-func waitNoShim(t *testing.T, d *Daemon, id string) {
+func waitNoShim(t testing.TB, d *Daemon, id string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for len(d.ShimPids(id)) > 0 {

@@ -80,7 +80,7 @@ func TestShimExitsAfterDelete(t *testing.T) {
 // shimAndSockets finds the task's shim and the sockets it serves under
 // /run/containerd/s, checking they agree with the address containerd
 // recorded in the bundle.
-func shimAndSockets(t *testing.T, d *Daemon, id string, initPid int) (int, []string) {
+func shimAndSockets(t testing.TB, d *Daemon, id string, initPid int) (int, []string) {
 	t.Helper()
 	shim := d.ShimOf(t, id, initPid)
 	all, err := unixSockets(shim)
@@ -109,7 +109,7 @@ func shimAndSockets(t *testing.T, d *Daemon, id string, initPid int) (int, []str
 
 // bundleAddress reads the shim's socket from the bundle: containerd 1.6 keeps
 // it in "address", 2.x in "bootstrap.json".
-func bundleAddress(t *testing.T, d *Daemon, id string) string {
+func bundleAddress(t testing.TB, d *Daemon, id string) string {
 	t.Helper()
 	dir := d.BundleDir(id)
 	var addr string
@@ -128,7 +128,7 @@ func bundleAddress(t *testing.T, d *Daemon, id string) string {
 }
 
 // waitShimGone polls until the shim has exited and its sockets are removed.
-func waitShimGone(t *testing.T, d *Daemon, id string, shim int, sockets []string) {
+func waitShimGone(t testing.TB, d *Daemon, id string, shim int, sockets []string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
