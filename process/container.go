@@ -15,7 +15,9 @@ import (
 	"syscall"
 
 	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/keel-shim/keel/process/cgroup"
 	"github.com/keel-shim/keel/process/reaper"
 	"github.com/keel-shim/keel/runtime"
 )
@@ -26,6 +28,7 @@ import (
 type Observer interface {
 	Started(c *Container, p *Process, st Status)
 	Exited(c *Container, p *Process, st Status)
+	OOM(c *Container)
 }
 
 // Config describes a container to create.
@@ -55,6 +58,8 @@ type Container struct {
 	reaper      *reaper.Reaper
 	obs         Observer
 	init        *Process
+	cg          *cgroup.Cgroup // nil if it could not be found
+	stopOOM     func()
 	mounted     bool // rootfs mounts are ours to unmount
 	sharedPidNS bool // no pid namespace of its own: kill leftovers on exit
 	seq         atomic.Uint64
@@ -116,7 +121,38 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 	c.init = newProcess(c, "", cfg.Stdio)
 	c.init.state, c.init.pid, c.init.io = Created, pid, io
 	go c.init.await(w.Started(pid))
+	c.watchCgroup(pid)
 	return c, nil
+}
+
+// watchCgroup finds the container's cgroup from its init and watches it
+// for OOM kills. A container without one (a runtime that makes none) just
+// has no metrics.
+func (c *Container) watchCgroup(pid int) {
+	cg, err := cgroup.ForPid(cgroup.DefaultRoot, pid)
+	if err != nil {
+		return
+	}
+	c.cg = cg
+	if stop, err := cg.WatchOOM(func() { c.obs.OOM(c) }); err == nil {
+		c.stopOOM = stop
+	}
+}
+
+// Stats returns the container's cgroup metrics.
+func (c *Container) Stats() (proto.Message, error) {
+	if c.cg == nil {
+		return nil, fmt.Errorf("container %q has no cgroup: %w", c.ID, errdefs.ErrNotFound)
+	}
+	return c.cg.Stats()
+}
+
+// Update applies new resources, OCI LinuxResources JSON, through the runtime.
+func (c *Container) Update(ctx context.Context, resources []byte) error {
+	if _, err := next(c.init.Status().State, OpUpdate); err != nil {
+		return err
+	}
+	return c.rt.Update(ctx, c.ID, resources)
 }
 
 // Init is the container's init process.
@@ -198,6 +234,9 @@ func (c *Container) initExited() {
 func (c *Container) deleteInit(ctx context.Context, force bool) error {
 	if err := c.rt.Delete(ctx, c.ID, force); err != nil && !errdefs.IsNotFound(err) {
 		return err
+	}
+	if c.stopOOM != nil {
+		c.stopOOM()
 	}
 	if c.mounted {
 		return UnmountAll(filepath.Join(c.Bundle, "rootfs"))

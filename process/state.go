@@ -41,17 +41,18 @@ const (
 	OpPause  Op = "pause"
 	OpResume Op = "resume"
 	OpKill   Op = "kill"
-	OpExec   Op = "exec" // start an exec process in this (init) process's container
+	OpExec   Op = "exec"   // start an exec process in this (init) process's container
+	OpUpdate Op = "update" // change the container's resources
 	OpExit   Op = "exit"
 	OpDelete Op = "delete"
 )
 
 // transitions is every legal transition, in one place. An op missing from
-// a state's row is refused. Kill and exec leave the state as it is.
+// a state's row is refused. Kill, exec and update leave the state as it is.
 var transitions = map[State]map[Op]State{
-	Created: {OpStart: Running, OpKill: Created, OpExec: Created, OpExit: Stopped, OpDelete: Deleted},
-	Running: {OpPause: Paused, OpKill: Running, OpExec: Running, OpExit: Stopped},
-	Paused:  {OpResume: Running, OpKill: Paused, OpExit: Stopped},
+	Created: {OpStart: Running, OpKill: Created, OpExec: Created, OpUpdate: Created, OpExit: Stopped, OpDelete: Deleted},
+	Running: {OpPause: Paused, OpKill: Running, OpExec: Running, OpUpdate: Running, OpExit: Stopped},
+	Paused:  {OpResume: Running, OpKill: Paused, OpUpdate: Paused, OpExit: Stopped},
 	Stopped: {OpDelete: Deleted},
 	Deleted: {OpExit: Deleted}, // a created process deleted with --force exits afterwards
 }

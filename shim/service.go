@@ -4,6 +4,7 @@ package shim
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -379,9 +380,40 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskReque
 }
 
 func (s *Service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*emptypb.Empty, error) {
-	return nil, fmt.Errorf("update: %w", errdefs.ErrNotImplemented)
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Resources == nil || len(r.Resources.Value) == 0 {
+		return nil, fmt.Errorf("update of %q has no resources: %w", r.ID, errdefs.ErrInvalidArgument)
+	}
+	if !json.Valid(r.Resources.Value) {
+		return nil, fmt.Errorf("update of %q: resources are not OCI LinuxResources JSON: %w", r.ID, errdefs.ErrInvalidArgument)
+	}
+	if err := c.Update(ctx, r.Resources.Value); err != nil {
+		return nil, err
+	}
+	return empty, nil
 }
 
 func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
-	return nil, fmt.Errorf("stats: %w", errdefs.ErrNotImplemented)
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	metrics, err := c.Stats()
+	if err != nil {
+		return nil, err
+	}
+	a, err := typeurl.MarshalAnyToProto(metrics)
+	if err != nil {
+		return nil, err
+	}
+	return &taskapi.StatsResponse{Stats: a}, nil
+}
+
+// OOM publishes a TaskOOM when the kernel's OOM killer acted in c.
+func (s *Service) OOM(c *process.Container) {
+	s.events.Publish(TopicOOM, &eventstypes.TaskOOM{ContainerID: c.ID})
+	s.log.Info("oom", "id", c.ID)
 }
