@@ -36,6 +36,7 @@ type Config struct {
 	ID, Bundle   string
 	Namespace    string
 	Rootfs       []Mount // mounted on Bundle/rootfs; none for a ready rootfs
+	Checkpoint   string  // a CRIU image to restore at Start, instead of create
 	Stdio        Stdio
 	NoPivot      bool
 	NoNewKeyring bool
@@ -53,16 +54,19 @@ type Deps struct {
 type Container struct {
 	ID, Bundle string
 
-	ioCfg       IOConfig
-	rt          *runtime.Runtime
-	reaper      *reaper.Reaper
-	obs         Observer
-	init        *Process
-	cg          *cgroup.Cgroup // nil if it could not be found
-	stopOOM     func()
-	mounted     bool // rootfs mounts are ours to unmount
-	sharedPidNS bool // no pid namespace of its own: kill leftovers on exit
-	seq         atomic.Uint64
+	ioCfg        IOConfig
+	rt           *runtime.Runtime
+	reaper       *reaper.Reaper
+	obs          Observer
+	init         *Process
+	cg           *cgroup.Cgroup // nil if it could not be found
+	stopOOM      func()
+	mounted      bool   // rootfs mounts are ours to unmount
+	restoreFrom  string // checkpoint image the init is restored from at Start
+	noPivot      bool
+	noNewKeyring bool
+	sharedPidNS  bool // no pid namespace of its own: kill leftovers on exit
+	seq          atomic.Uint64
 
 	execs struct {
 		mu         sync.Mutex
@@ -75,7 +79,10 @@ type Container struct {
 // Create mounts the rootfs, sets up stdio and creates the container in the
 // runtime. Its init process is Created, waiting for Start.
 func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
-	c := &Container{ID: cfg.ID, Bundle: cfg.Bundle, rt: d.Runtime, reaper: d.Reaper, obs: d.Observer}
+	c := &Container{
+		ID: cfg.ID, Bundle: cfg.Bundle, rt: d.Runtime, reaper: d.Reaper, obs: d.Observer,
+		restoreFrom: cfg.Checkpoint, noPivot: cfg.NoPivot, noNewKeyring: cfg.NoNewKeyring,
+	}
 	c.ioCfg = IOConfig{ContainerID: cfg.ID, Namespace: cfg.Namespace, UID: cfg.IoUID, GID: cfg.IoGID, Reaper: d.Reaper}
 	c.execs.byID = make(map[string]*Process)
 	if c.sharedPidNS, err = sharesPidNamespace(cfg.Bundle); err != nil {
@@ -97,12 +104,31 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 	if err != nil {
 		return nil, err
 	}
-	pidFile := filepath.Join(cfg.Bundle, "init.pid")
-	w := d.Reaper.Watch()
+	c.init = newProcess(c, "", cfg.Stdio)
+	c.init.state, c.init.io = Created, io
+	if c.restoreFrom != "" {
+		return c, nil // the runtime restores the checkpoint at Start
+	}
+	pid, exits, err := c.launch(ctx, io, func(o runtime.CreateOpts) error { return c.rt.Create(ctx, c.ID, o) })
+	if err != nil {
+		io.Close()
+		return nil, err
+	}
+	c.init.pid = pid
+	go c.init.await(exits)
+	c.watchCgroup(pid)
+	return c, nil
+}
+
+// launch makes the init process through call (the runtime's create, or
+// restore), watching for its exit from before it exists.
+func (c *Container) launch(ctx context.Context, io *IO, call func(runtime.CreateOpts) error) (int, <-chan reaper.Exit, error) {
+	pidFile := filepath.Join(c.Bundle, "init.pid")
+	w := c.reaper.Watch()
 	defer w.Close()
-	err = c.rt.Create(ctx, c.ID, runtime.CreateOpts{
-		Bundle: cfg.Bundle, PidFile: pidFile, ConsoleSocket: io.ConsoleSocket(),
-		NoPivot: cfg.NoPivot, NoNewKeyring: cfg.NoNewKeyring,
+	err := call(runtime.CreateOpts{
+		Bundle: c.Bundle, PidFile: pidFile, ConsoleSocket: io.ConsoleSocket(),
+		NoPivot: c.noPivot, NoNewKeyring: c.noNewKeyring,
 		Stdio: io.Child(),
 	})
 	if err == nil {
@@ -113,16 +139,42 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 		pid, err = readPid(pidFile)
 	}
 	if err != nil {
-		io.Close()
 		// A runtime that failed half way may have left state behind.
 		_ = c.rt.Delete(context.WithoutCancel(ctx), c.ID, true)
-		return nil, err
+		return 0, nil, err
 	}
-	c.init = newProcess(c, "", cfg.Stdio)
-	c.init.state, c.init.pid, c.init.io = Created, pid, io
-	go c.init.await(w.Started(pid))
+	return pid, w.Started(pid), nil
+}
+
+// restore starts the init process from the checkpoint it was created
+// with. Called by Start with the init's lock held.
+func (c *Container) restore(ctx context.Context) error {
+	p := c.init
+	pid, exits, err := c.launch(ctx, p.io, func(o runtime.CreateOpts) error {
+		return c.rt.Restore(ctx, c.ID, runtime.RestoreOpts{
+			CheckpointOpts: runtime.CheckpointOpts{ImagePath: c.restoreFrom},
+			CreateOpts:     o,
+		})
+	})
+	if err != nil {
+		return err
+	}
+	p.pid = pid
+	go p.await(exits)
 	c.watchCgroup(pid)
-	return c, nil
+	return nil
+}
+
+// Checkpoint dumps the container with CRIU. Unless it leaves the
+// container running, the container exits and that exit is reported.
+func (c *Container) Checkpoint(ctx context.Context, o runtime.CheckpointOpts) error {
+	p := c.init
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state != Running && p.state != Paused {
+		return fmt.Errorf("cannot checkpoint a %s container: %w", p.state, errdefs.ErrFailedPrecondition)
+	}
+	return c.rt.Checkpoint(ctx, c.ID, o)
 }
 
 // watchCgroup finds the container's cgroup from its init and watches it

@@ -90,12 +90,19 @@ func (p *Process) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if p.IsInit() {
+	switch {
+	case p.IsInit() && p.c.restoreFrom != "":
+		if err := p.c.restore(ctx); err != nil {
+			return err
+		}
+	case p.IsInit():
 		if err := p.c.rt.Start(ctx, p.c.ID); err != nil {
 			return err
 		}
-	} else if err := p.startExec(ctx); err != nil {
-		return err
+	default:
+		if err := p.startExec(ctx); err != nil {
+			return err
+		}
 	}
 	p.state = to
 	p.c.obs.Started(p.c, p, p.statusLocked())
@@ -221,15 +228,18 @@ func (p *Process) Delete(ctx context.Context) (Status, error) {
 	if p.io != nil {
 		p.io.Close()
 	}
-	if wasCreated && !p.IsInit() {
-		close(p.done) // it never ran, so no exit will close it
+	// An exec that was never started, or an init still waiting to be
+	// restored, never ran: no exit will close done.
+	neverRan := wasCreated && (!p.IsInit() || p.pid == 0)
+	if neverRan {
+		close(p.done)
 	}
 	p.state = to
 	p.mu.Unlock()
 	if !p.IsInit() {
 		p.c.removeExec(p.ExecID)
 	}
-	if wasCreated && p.IsInit() {
+	if wasCreated && !neverRan {
 		// The forced delete killed it; report how it ended.
 		timer := time.NewTimer(drainTimeout)
 		defer timer.Stop()

@@ -10,8 +10,24 @@ import (
 
 var (
 	allStates = []State{Created, Running, Paused, Stopped, Deleted}
-	allOps    = []Op{OpStart, OpPause, OpResume, OpKill, OpExec, OpExit, OpDelete}
+	allOps    = []Op{OpStart, OpPause, OpResume, OpKill, OpExec, OpUpdate, OpExit, OpDelete}
 )
+
+// TestAllOpsListed keeps the exhaustive tests below exhaustive: an op
+// added to the table must be added to allOps too.
+func TestAllOpsListed(t *testing.T) {
+	known := make(map[Op]bool)
+	for _, op := range allOps {
+		known[op] = true
+	}
+	for s, row := range transitions {
+		for op := range row {
+			if !known[op] {
+				t.Errorf("transitions[%s] has op %q missing from allOps", s, op)
+			}
+		}
+	}
+}
 
 // TestNextFollowsTable checks next for every state and op against the
 // transitions table: allowed ops go where the table says, refused ones
@@ -61,6 +77,7 @@ func TestTransitions(t *testing.T) {
 		{Created, OpStart, Running, true},
 		{Created, OpKill, Created, true},
 		{Created, OpExec, Created, true},
+		{Created, OpUpdate, Created, true},
 		{Created, OpExit, Stopped, true},
 		{Created, OpDelete, Deleted, true},
 		{Created, OpPause, Created, false},
@@ -68,6 +85,7 @@ func TestTransitions(t *testing.T) {
 		{Running, OpPause, Paused, true},
 		{Running, OpKill, Running, true},
 		{Running, OpExec, Running, true},
+		{Running, OpUpdate, Running, true},
 		{Running, OpExit, Stopped, true},
 		{Running, OpStart, Running, false},
 		{Running, OpResume, Running, false},
@@ -75,6 +93,7 @@ func TestTransitions(t *testing.T) {
 		{Paused, OpResume, Running, true},
 		{Paused, OpKill, Paused, true},
 		{Paused, OpExit, Stopped, true},
+		{Paused, OpUpdate, Paused, true},
 		{Paused, OpPause, Paused, false},
 		{Paused, OpExec, Paused, false},
 		{Paused, OpDelete, Paused, false},
@@ -82,9 +101,11 @@ func TestTransitions(t *testing.T) {
 		{Stopped, OpKill, Stopped, false},
 		{Stopped, OpExit, Stopped, false},
 		{Stopped, OpStart, Stopped, false},
+		{Stopped, OpUpdate, Stopped, false},
 		{Deleted, OpExit, Deleted, true},
 		{Deleted, OpDelete, Deleted, false},
 		{Deleted, OpKill, Deleted, false},
+		{Deleted, OpUpdate, Deleted, false},
 	}
 	for _, tt := range tests {
 		got, err := next(tt.from, tt.op)

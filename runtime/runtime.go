@@ -264,3 +264,90 @@ func (r *Runtime) call(ctx context.Context, stdio Stdio, args ...string) ([]byte
 	}
 	return stdout, nil
 }
+
+// Features returns the runtime's `features` JSON (OCI runtime features),
+// or nil if the runtime has no such command (crun 1.8 has not).
+func (r *Runtime) Features(ctx context.Context) ([]byte, error) {
+	out, err := r.call(ctx, Stdio{}, "features")
+	if err != nil {
+		return nil, err
+	}
+	if !json.Valid(out) {
+		return nil, fmt.Errorf("%s features: not JSON: %q", r.cfg.Binary, out)
+	}
+	return out, nil
+}
+
+// CheckpointOpts are the options of `checkpoint` (CRIU).
+type CheckpointOpts struct {
+	ImagePath, WorkPath string
+	LeaveRunning        bool
+	AllowOpenTCP        bool
+	AllowExternalUnix   bool
+	AllowTerminal       bool
+	FileLocks           bool
+	EmptyNamespaces     []string
+	CgroupsMode         string
+}
+
+// Checkpoint dumps the container with CRIU into o.ImagePath.
+func (r *Runtime) Checkpoint(ctx context.Context, id string, o CheckpointOpts) error {
+	args := []string{"checkpoint", "--image-path", o.ImagePath}
+	if o.WorkPath != "" {
+		args = append(args, "--work-path", o.WorkPath)
+	}
+	args = append(args, criuFlags(o)...)
+	if o.LeaveRunning {
+		args = append(args, "--leave-running")
+	}
+	_, err := r.call(ctx, Stdio{}, append(args, id)...)
+	return err
+}
+
+// RestoreOpts are the options of `restore`.
+type RestoreOpts struct {
+	CheckpointOpts
+	CreateOpts
+}
+
+// Restore recreates a checkpointed container from o.ImagePath, detached.
+func (r *Runtime) Restore(ctx context.Context, id string, o RestoreOpts) error {
+	args := []string{"restore", "--detach", "--bundle", o.Bundle, "--pid-file", o.PidFile, "--image-path", o.ImagePath}
+	if o.WorkPath != "" {
+		args = append(args, "--work-path", o.WorkPath)
+	}
+	if o.ConsoleSocket != "" {
+		args = append(args, "--console-socket", o.ConsoleSocket)
+	}
+	if o.NoPivot {
+		args = append(args, "--no-pivot")
+	}
+	args = append(args, criuFlags(o.CheckpointOpts)...)
+	_, err := r.call(ctx, o.Stdio, append(args, id)...)
+	return err
+}
+
+// criuFlags are the CRIU options checkpoint and restore share.
+func criuFlags(o CheckpointOpts) []string {
+	var args []string
+	for _, f := range []struct {
+		on   bool
+		flag string
+	}{
+		{o.AllowOpenTCP, "--tcp-established"},
+		{o.AllowExternalUnix, "--ext-unix-sk"},
+		{o.AllowTerminal, "--shell-job"},
+		{o.FileLocks, "--file-locks"},
+	} {
+		if f.on {
+			args = append(args, f.flag)
+		}
+	}
+	for _, ns := range o.EmptyNamespaces {
+		args = append(args, "--empty-ns", ns)
+	}
+	if o.CgroupsMode != "" {
+		args = append(args, "--manage-cgroups-mode", o.CgroupsMode)
+	}
+	return args
+}

@@ -3,10 +3,16 @@
 package shim
 
 import (
+	"context"
 	"io"
+	"os"
+	"time"
 
 	"github.com/containerd/containerd/api/types"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/keel-shim/keel/runtime"
 )
 
 // Version is Keel's version; release builds set it with -ldflags -X.
@@ -15,17 +21,36 @@ var Version = "0.1.0-dev"
 // RuntimeName is the name containerd knows Keel by.
 const RuntimeName = "io.containerd.keel.v2"
 
-// Info writes the raw RuntimeInfo protobuf that containerd asks for with
-// `-info`. stdin may carry runtime options; they are echoed back.
+// featuresTypeURL is how containerd registers the OCI runtime features
+// type (JSON-encoded) with typeurl.
+const featuresTypeURL = "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
+
+// Info writes the raw RuntimeInfo protobuf containerd asks for with
+// `-info`: Keel's version, the runtime options it was given on stdin, and
+// the OCI runtime's features where the runtime reports them.
 func Info(stdin io.Reader, stdout io.Writer) error {
 	info := &types.RuntimeInfo{
 		Name:    RuntimeName,
 		Version: &types.RuntimeVersion{Version: Version},
 	}
-	if in, err := io.ReadAll(stdin); err == nil && len(in) > 0 {
-		if b, err := ParseBootstrap(in, "", "", ""); err == nil && b.Options != nil {
-			info.Options = b.Options
-		}
+	in, err := io.ReadAll(stdin)
+	if err != nil {
+		return err
+	}
+	b, err := ParseBootstrap(in, "", "", "")
+	if err != nil {
+		return err
+	}
+	opts, err := runtimeOptions(b.Options, nil)
+	if err != nil {
+		return err
+	}
+	info.Options = b.Options
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rt := runtime.New(runtime.Config{Binary: opts.GetBinaryName(), Root: os.TempDir(), LogDir: os.TempDir()}, plainRunner{})
+	if feat, err := rt.Features(ctx); err == nil {
+		info.Features = &anypb.Any{TypeUrl: featuresTypeURL, Value: feat}
 	}
 	out, err := proto.Marshal(info)
 	if err != nil {

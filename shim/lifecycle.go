@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keel-shim/keel/process"
+	"github.com/keel-shim/keel/process/cgroup"
 	"github.com/keel-shim/keel/process/reaper"
 	"github.com/keel-shim/keel/runtime"
 )
@@ -131,7 +132,19 @@ func spawnDaemon(f Flags, b Bootstrap, socket string, l *net.UnixListener) error
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start shim daemon: %w", err)
 	}
-	return cmd.Process.Release()
+	defer cmd.Process.Release()
+	// ShimCgroup: the daemon is accounted where the operator asked, as
+	// containerd's runc shim does it, before it starts any container.
+	if opts, err := runtimeOptions(b.Options, nil); err != nil {
+		_ = cmd.Process.Kill()
+		return err
+	} else if opts.GetShimCgroup() != "" {
+		if err := cgroup.AddProcess(cgroup.DefaultRoot, opts.GetShimCgroup(), cmd.Process.Pid); err != nil {
+			_ = cmd.Process.Kill()
+			return fmt.Errorf("move shim to cgroup %s: %w", opts.GetShimCgroup(), err)
+		}
+	}
+	return nil
 }
 
 // groupID names the shim a container belongs to: containers that carry

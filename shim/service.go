@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -113,7 +115,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		mounts = append(mounts, process.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
 	}
 	c, err := process.Create(ctx, process.Config{
-		ID: r.ID, Bundle: r.Bundle, Namespace: s.ns, Rootfs: mounts,
+		ID: r.ID, Bundle: r.Bundle, Namespace: s.ns, Rootfs: mounts, Checkpoint: r.Checkpoint,
 		Stdio:   process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		NoPivot: opts.NoPivotRoot, NoNewKeyring: opts.NoNewKeyring,
 		IoUID: int(opts.IoUid), IoGID: int(opts.IoGid),
@@ -375,8 +377,37 @@ func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*
 	return empty, nil
 }
 
+// Checkpoint dumps the container with CRIU into r.Path. The runtime's
+// own error (CRIU's, on a kernel it cannot handle) reaches the caller.
 func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskRequest) (*emptypb.Empty, error) {
-	return nil, fmt.Errorf("checkpoint: %w", errdefs.ErrNotImplemented)
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if !filepath.IsAbs(r.Path) {
+		return nil, fmt.Errorf("checkpoint path %q must be absolute: %w", r.Path, errdefs.ErrInvalidArgument)
+	}
+	var opts options.CheckpointOptions
+	if r.Options != nil && len(r.Options.Value) > 0 {
+		if err := proto.Unmarshal(r.Options.Value, &opts); err != nil {
+			return nil, fmt.Errorf("checkpoint options: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+	}
+	imagePath := r.Path
+	if opts.ImagePath != "" {
+		imagePath = opts.ImagePath
+	}
+	err = c.Checkpoint(ctx, runtime.CheckpointOpts{
+		ImagePath: imagePath, WorkPath: opts.WorkPath, LeaveRunning: !opts.Exit,
+		AllowOpenTCP: opts.OpenTcp, AllowExternalUnix: opts.ExternalUnixSockets,
+		AllowTerminal: opts.Terminal, FileLocks: opts.FileLocks,
+		EmptyNamespaces: opts.EmptyNamespaces, CgroupsMode: opts.CgroupsMode,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.events.Publish(TopicCheckpoint, &eventstypes.TaskCheckpointed{ContainerID: r.ID, Checkpoint: imagePath})
+	return empty, nil
 }
 
 func (s *Service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*emptypb.Empty, error) {
