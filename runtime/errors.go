@@ -46,6 +46,11 @@ func (e *Error) Unwrap() []error {
 func classify(op, msg string) error {
 	m := strings.ToLower(msg)
 	switch {
+	case strings.Contains(m, "/status`: no such file or directory"),
+		strings.HasPrefix(m, "cannot open directory") && strings.Contains(m, "no such file or directory"):
+		// crun's words for a container it does not know: its state
+		// directory or status file is missing.
+		return errdefs.ErrNotFound
 	case strings.Contains(m, "executable file not found"),
 		strings.Contains(m, "no such file or directory") && (op == "create" || op == "exec"):
 		// The process to start does not exist: the request cannot work.

@@ -46,6 +46,8 @@ func TestClassify(t *testing.T) {
 		{"runc pause nosuch", "pause", "container does not exist", errdefs.ErrNotFound},
 		{"runc ps nosuch", "ps", "container does not exist", errdefs.ErrNotFound},
 		{"runc exec nosuch", "exec", "exec failed: container does not exist", errdefs.ErrNotFound},
+		{"crun state/kill/exec nosuch", "exec", "error opening file `/run/crun/nosuch/status`: No such file or directory", errdefs.ErrNotFound},
+		{"crun delete nosuch", "delete", "cannot open directory '/run/crun/nosuch': No such file or directory", errdefs.ErrNotFound},
 
 		// Signalling or pausing a process that has exited.
 		{"runc kill of a stopped container", "kill", "container not running", errdefs.ErrNotFound},

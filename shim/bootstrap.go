@@ -41,8 +41,11 @@ func ParseBootstrap(stdin []byte, id, ns, ttrpcEnv string) (Bootstrap, error) {
 		return b, nil
 	}
 	var params bootstrap.BootstrapParams
-	if err := proto.Unmarshal(stdin, &params); err == nil &&
-		params.GetInstanceID() == id && params.GetNamespace() == ns {
+	if err := proto.Unmarshal(stdin, &params); err == nil && isParams(&params, id, ns) {
+		if params.GetInstanceID() != id || params.GetNamespace() != ns {
+			return b, fmt.Errorf("bootstrap params are for %s/%s, not %s/%s",
+				params.GetNamespace(), params.GetInstanceID(), ns, id)
+		}
 		b.Modern = true
 		if a := params.GetContainerdTtrpcAddress(); a != "" {
 			b.TTRPCAddress = a
@@ -74,4 +77,16 @@ func (b Bootstrap) Reply(address string) ([]byte, error) {
 		Address:  address,
 		Protocol: "ttrpc",
 	})
+}
+
+// isParams tells a BootstrapParams from an Any that decoded as one: an
+// Any has only fields 1 and 2, so params that name this instance, or set
+// any field beyond those, are params.
+func isParams(p *bootstrap.BootstrapParams, id, ns string) bool {
+	if p.GetInstanceID() == id && p.GetNamespace() == ns {
+		return true
+	}
+	return p.GetContainerdVersion() != "" || p.GetContainerdTtrpcAddress() != "" ||
+		p.GetContainerdGrpcAddress() != "" || p.GetContainerdBinary() != "" ||
+		p.GetLogLevel() != 0 || len(p.GetExtensions()) > 0 || p.SocketDir != nil
 }

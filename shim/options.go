@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -70,14 +71,29 @@ func runtimeOptions(a *anypb.Any, defaults *options.Options) (*options.Options, 
 		return &options.Options{}, nil
 	}
 	var opts options.Options
-	name := string(opts.ProtoReflect().Descriptor().FullName())
-	if t := a.GetTypeUrl(); t != name && !strings.HasSuffix(t, "/"+name) {
-		return nil, fmt.Errorf("runtime options of type %q, want %s: %w", t, name, errdefs.ErrInvalidArgument)
+	var generic runtimeoptions.Options // what the CRI sends a non-runc runtime type
+	switch {
+	case isType(a, &opts):
+		if err := proto.Unmarshal(a.GetValue(), &opts); err != nil {
+			return nil, fmt.Errorf("runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		return &opts, nil
+	case isType(a, &generic):
+		if err := proto.Unmarshal(a.GetValue(), &generic); err != nil {
+			return nil, fmt.Errorf("runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		return runcOptionsFromTOML(&generic)
 	}
-	if err := proto.Unmarshal(a.GetValue(), &opts); err != nil {
-		return nil, fmt.Errorf("runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	return &opts, nil
+	return nil, fmt.Errorf("runtime options of type %q, want %s or %s: %w", a.GetTypeUrl(),
+		opts.ProtoReflect().Descriptor().FullName(), generic.ProtoReflect().Descriptor().FullName(), errdefs.ErrInvalidArgument)
+}
+
+// isType tells whether a holds a message of m's type, named as typeurl
+// names it (the full name) or with a type.googleapis.com/ style prefix.
+func isType(a *anypb.Any, m proto.Message) bool {
+	name := string(m.ProtoReflect().Descriptor().FullName())
+	t := a.GetTypeUrl()
+	return t == name || strings.HasSuffix(t, "/"+name)
 }
 
 // runtimeConfig is how a container's runtime is driven, from its options.

@@ -192,36 +192,54 @@ func TestRunStartFailure(t *testing.T) {
 	})
 }
 
-func TestRunContextCancelled(t *testing.T) {
+func TestRunContextEnds(t *testing.T) {
 	r := testReaper(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	cmd := exec.Command("sleep", "100")
+	tests := []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+		want error
+	}{
+		{"cancelled", func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(200*time.Millisecond, cancel)
+			return ctx, cancel
+		}, context.Canceled},
+		{"deadline", func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), 200*time.Millisecond)
+		}, context.DeadlineExceeded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := tt.ctx()
+			defer cancel()
+			cmd := exec.Command("sleep", "100")
 
-	type result struct {
-		status int
-		err    error
-	}
-	done := make(chan result, 1)
-	go func() {
-		status, err := r.Run(ctx, cmd)
-		done <- result{status, err}
-	}()
-	var res result
-	select {
-	case res = <-done:
-	case <-time.After(bound):
-		t.Fatalf("Run did not return within %s of its context ending", bound)
-	}
-	if !errors.Is(res.err, context.DeadlineExceeded) {
-		t.Errorf("err = %v, want the context's error", res.err)
-	}
-	// The child was killed, not left running: SIGKILL, and reaped.
-	if res.status != 137 {
-		t.Errorf("status = %d, want 137 (SIGKILL)", res.status)
-	}
-	if pid := cmd.Process.Pid; !gone(pid) {
-		t.Errorf("pid %d still exists after Run returned", pid)
+			type result struct {
+				status int
+				err    error
+			}
+			done := make(chan result, 1)
+			go func() {
+				status, err := r.Run(ctx, cmd)
+				done <- result{status, err}
+			}()
+			var res result
+			select {
+			case res = <-done:
+			case <-time.After(bound):
+				t.Fatalf("Run did not return within %s of its context ending", bound)
+			}
+			if !errors.Is(res.err, tt.want) {
+				t.Errorf("err = %v, want %v", res.err, tt.want)
+			}
+			// The child was killed, not left running: SIGKILL, and reaped.
+			if res.status != 137 {
+				t.Errorf("status = %d, want 137 (SIGKILL)", res.status)
+			}
+			if pid := cmd.Process.Pid; !gone(pid) {
+				t.Errorf("pid %d still exists after Run returned", pid)
+			}
+		})
 	}
 }
 
