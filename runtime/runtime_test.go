@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -17,34 +16,6 @@ import (
 	"github.com/containerd/errdefs"
 )
 
-// execRunner is a Runner without the shim's reaper: os/exec waits itself.
-// Like the reaper it reports a death by signal as 128+signal, and when ctx
-// ends it kills the child, still waits for it, and returns ctx's error.
-type execRunner struct{}
-
-func (execRunner) Run(ctx context.Context, cmd *exec.Cmd) (int, error) {
-	if err := cmd.Start(); err != nil {
-		return -1, err
-	}
-	waited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait() // a non-zero exit is a status, not a failure to run
-		close(waited)
-	}()
-	var err error
-	select {
-	case <-waited:
-	case <-ctx.Done():
-		_ = cmd.Process.Kill()
-		<-waited
-		err = ctx.Err()
-	}
-	ws := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	if ws.Signaled() {
-		return 128 + int(ws.Signal()), err
-	}
-	return ws.ExitStatus(), err
-}
 
 // fake is a fake runtime binary: a shell script named runc that records
 // its argv (one argument a line) and copies the files given after
@@ -91,7 +62,7 @@ func (f fake) argv(t *testing.T) []string {
 func newRuntime(t *testing.T, f fake, systemd bool) (*Runtime, Config) {
 	t.Helper()
 	cfg := Config{Binary: f.bin, Root: "/run/keel-test/ns", SystemdCgroup: systemd, LogDir: t.TempDir()}
-	return New(cfg, execRunner{}), cfg
+	return New(cfg, ExecRunner{}), cfg
 }
 
 // checkNoLeftovers fails if a call left its temporary files in LogDir.
@@ -124,10 +95,10 @@ func matchArgs(t *testing.T, got, want []string) {
 }
 
 func TestNewDefaultBinary(t *testing.T) {
-	if got := New(Config{}, execRunner{}).Binary(); got != "runc" {
+	if got := New(Config{}, ExecRunner{}).Binary(); got != "runc" {
 		t.Errorf("Binary() = %q, want runc", got)
 	}
-	if got := New(Config{Binary: "/usr/bin/crun"}, execRunner{}).Binary(); got != "/usr/bin/crun" {
+	if got := New(Config{Binary: "/usr/bin/crun"}, ExecRunner{}).Binary(); got != "/usr/bin/crun" {
 		t.Errorf("Binary() = %q, want /usr/bin/crun", got)
 	}
 }
@@ -391,7 +362,7 @@ func TestMissingBinary(t *testing.T) {
 	for _, bin := range []string{"keel-no-such-runtime", "/nonexistent/keel-runtime"} {
 		t.Run(bin, func(t *testing.T) {
 			cfg := Config{Binary: bin, Root: "/run/keel-test/ns", LogDir: t.TempDir()}
-			r := New(cfg, execRunner{})
+			r := New(cfg, ExecRunner{})
 			err := r.Start(context.Background(), "c1")
 			if err == nil || !strings.Contains(err.Error(), bin) {
 				t.Fatalf("Start with binary %q = %v, want an error naming it", bin, err)
@@ -408,7 +379,7 @@ func TestMissingBinary(t *testing.T) {
 func TestMissingLogDir(t *testing.T) {
 	f := newFake(t, "exit 0")
 	cfg := Config{Binary: f.bin, Root: "/run/keel-test/ns", LogDir: filepath.Join(t.TempDir(), "missing")}
-	if err := New(cfg, execRunner{}).Start(context.Background(), "c1"); err == nil {
+	if err := New(cfg, ExecRunner{}).Start(context.Background(), "c1"); err == nil {
 		t.Fatal("Start with a missing LogDir succeeded")
 	}
 	if _, err := os.Stat(filepath.Join(f.dir, "argv")); err == nil {

@@ -26,7 +26,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
 	"github.com/containerd/ttrpc"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -261,7 +260,7 @@ func Delete(f Flags, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	rt := runtime.New(loadRuntimeConfig(bundle, f.Namespace), plainRunner{})
+	rt := runtime.New(loadRuntimeConfig(bundle, f.Namespace), runtime.ExecRunner{})
 	if err := rt.Delete(ctx, f.ID, true); err != nil && !errdefs.IsNotFound(err) {
 		// Warnings go to stderr, which containerd logs; the cleanup goes on.
 		fmt.Fprintf(stderr, "keel: %v\n", err)
@@ -278,31 +277,6 @@ func Delete(f Flags, stdout, stderr io.Writer) error {
 	}
 	_, err = stdout.Write(out)
 	return err
-}
-
-// plainRunner runs the runtime without a reaper, for the short-lived
-// `delete` and `-info` commands.
-type plainRunner struct{}
-
-func (plainRunner) Run(ctx context.Context, cmd *exec.Cmd) (int, error) {
-	if err := cmd.Start(); err != nil {
-		return -1, err
-	}
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-ctx.Done():
-			_ = cmd.Process.Kill()
-		case <-done:
-		}
-	}()
-	err := cmd.Wait()
-	close(done)
-	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
-		err = ctx.Err()
-		return reaper.ExitStatus(unix.WaitStatus(ws)), err
-	}
-	return -1, err
 }
 
 // dumpStacksOnSignal logs every goroutine's stack on SIGUSR1, to debug a

@@ -280,26 +280,23 @@ func (s *Service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.Pi
 }
 
 func (s *Service) Pause(ctx context.Context, r *taskapi.PauseRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Init().Pause(ctx); err != nil {
-		return nil, err
-	}
-	s.events.Publish(TopicPaused, &eventstypes.TaskPaused{ContainerID: r.ID})
-	return empty, nil
+	return s.freeze(ctx, r.ID, (*process.Process).Pause, TopicPaused, &eventstypes.TaskPaused{ContainerID: r.ID})
 }
 
 func (s *Service) Resume(ctx context.Context, r *taskapi.ResumeRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.ID)
+	return s.freeze(ctx, r.ID, (*process.Process).Resume, TopicResumed, &eventstypes.TaskResumed{ContainerID: r.ID})
+}
+
+// freeze pauses or resumes the container and publishes the event.
+func (s *Service) freeze(ctx context.Context, id string, op func(*process.Process, context.Context) error, topic string, event proto.Message) (*emptypb.Empty, error) {
+	c, err := s.container(id)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.Init().Resume(ctx); err != nil {
+	if err := op(c.Init(), ctx); err != nil {
 		return nil, err
 	}
-	s.events.Publish(TopicResumed, &eventstypes.TaskResumed{ContainerID: r.ID})
+	s.events.Publish(topic, event)
 	return empty, nil
 }
 
