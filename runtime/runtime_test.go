@@ -16,7 +16,6 @@ import (
 	"github.com/containerd/errdefs"
 )
 
-
 // fake is a fake runtime binary: a shell script named runc that records
 // its argv (one argument a line) and copies the files given after
 // --process and --resources, then runs body.
