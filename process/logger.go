@@ -3,7 +3,6 @@
 package process
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"sort"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -92,10 +90,33 @@ func (p *IO) startLogger(ctx context.Context, u url.URL, cfg IOConfig) (err erro
 		return fmt.Errorf("logging binary %s: read ready pipe: %w", u.Path, rerr)
 	case u.Scheme == "binary-v2" && n == 0:
 		return fmt.Errorf("logging binary %s closed its ready pipe without signalling ready (it crashed or exited early): %w", u.Path, errdefs.ErrFailedPrecondition)
-	case exited(cmd.Process.Pid):
+	case n == 0 && p.logger.exitsSoon():
+		// binary:// signals readiness by closing fd 5, which is also what
+		// an exit does: tell them apart by whether it is still running.
 		return fmt.Errorf("logging binary %s exited before the container started: %w", u.Path, errdefs.ErrFailedPrecondition)
 	}
 	return nil
+}
+
+// exitGrace is how long a binary:// logger that closed its ready pipe is
+// watched for an exit: a process's fds close before it becomes a zombie,
+// so an exit right after EOF needs a moment to show.
+const exitGrace = 50 * time.Millisecond
+
+// exitsSoon tells whether the logger exits within exitGrace. The exit it
+// consumes is put back for stop.
+func (l *logger) exitsSoon() bool {
+	timer := time.NewTimer(exitGrace)
+	defer timer.Stop()
+	select {
+	case e := <-l.exit:
+		ch := make(chan reaper.Exit, 1)
+		ch <- e
+		l.exit = ch
+		return true
+	case <-timer.C:
+		return false
+	}
 }
 
 // loggerArgs turns the URI's query into arguments, sorted so the command
@@ -114,19 +135,6 @@ func loggerArgs(q url.Values) []string {
 		}
 	}
 	return args
-}
-
-// exited tells whether pid is gone or a zombie, without waiting for it.
-func exited(pid int) bool {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	// The state follows the command name, which is in parentheses.
-	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
-		return stat[i+2] == 'Z' || stat[i+2] == 'X'
-	}
-	return false
 }
 
 // stop lets the logger finish on its own once the container's output has

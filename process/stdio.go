@@ -137,12 +137,12 @@ func parseTarget(s string) (target, error) {
 	case "", "fifo":
 		return target{kind: targetFIFO, path: u.Path}, nil
 	case "file":
-		if !filepath.IsAbs(u.Path) {
+		if u.Host != "" || !filepath.IsAbs(u.Path) {
 			return target{}, fmt.Errorf("stdio %q: file:// needs an absolute path: %w", s, errdefs.ErrInvalidArgument)
 		}
 		return target{kind: targetFile, path: filepath.Clean(u.Path)}, nil
 	case "binary", "binary-v2":
-		if !filepath.IsAbs(u.Path) {
+		if u.Host != "" || !filepath.IsAbs(u.Path) {
 			return target{}, fmt.Errorf("stdio %q: %s:// needs an absolute path: %w", s, u.Scheme, errdefs.ErrInvalidArgument)
 		}
 		return target{kind: targetBinary, path: u.Path, url: *u}, nil

@@ -43,6 +43,7 @@ type Reaper struct {
 }
 
 // New makes the calling process a child subreaper and starts reaping.
+// Call it once per process: two reapers would steal each other's children.
 func New() (*Reaper, error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("set child subreaper: %w", err)
