@@ -256,6 +256,14 @@ func (s *Service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.Pi
 	if err != nil {
 		return nil, err
 	}
+	if st := c.Init().Status(); st.State == process.Stopped {
+		// Not an empty list: containerd 2.x, reloading after a restart,
+		// deletes a task whose shim lists no pids, and the exit status of
+		// a container that exited while containerd was away would be
+		// lost. Any other error keeps the task, STOPPED, until deleted.
+		return nil, fmt.Errorf("container %q has exited with status %d; delete it to collect the status: %w",
+			r.ID, st.ExitStatus, errdefs.ErrFailedPrecondition)
+	}
 	pids, err := c.Pids(ctx)
 	if err != nil {
 		return nil, err
