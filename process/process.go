@@ -150,6 +150,9 @@ func (p *Process) startExec(ctx context.Context) (err error) {
 func (p *Process) await(exits <-chan reaper.Exit) {
 	e := <-exits
 	if p.IsInit() {
+		// Recorded at once, before anything can fail: if the shim dies
+		// now, `delete` still reports how the container ended.
+		_ = SaveExit(p.c.Bundle, e)
 		p.c.initExited()
 	}
 	p.mu.Lock()

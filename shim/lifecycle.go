@@ -246,7 +246,8 @@ func newLogger(f Flags) *slog.Logger {
 
 // Delete cleans up after a dead shim: containerd runs it in the bundle. It
 // removes the container from the runtime, unmounts its rootfs and prints
-// the exit containerd should record, that of a killed init.
+// the exit containerd should record: the init's own, if the shim recorded
+// it before dying, or that of an init killed by the forced delete.
 func Delete(f Flags, stdout, stderr io.Writer) error {
 	bundle := f.Bundle
 	if bundle == "" {
@@ -268,10 +269,13 @@ func Delete(f Flags, stdout, stderr io.Writer) error {
 	if err := process.UnmountAll(filepath.Join(bundle, "rootfs")); err != nil {
 		return err
 	}
-	out, err := proto.Marshal(&taskapi.DeleteResponse{
-		ExitedAt:   timestamppb.Now(),
-		ExitStatus: 128 + uint32(syscall.SIGKILL),
-	})
+	// The init's real exit if the dead shim recorded one; otherwise the
+	// force-delete above killed it.
+	resp := &taskapi.DeleteResponse{ExitedAt: timestamppb.Now(), ExitStatus: 128 + uint32(syscall.SIGKILL)}
+	if e, ok := process.LoadExit(bundle); ok {
+		resp = &taskapi.DeleteResponse{Pid: uint32(e.Pid), ExitStatus: uint32(e.Status), ExitedAt: timestamppb.New(e.Time)}
+	}
+	out, err := proto.Marshal(resp)
 	if err != nil {
 		return err
 	}

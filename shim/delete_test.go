@@ -1,0 +1,66 @@
+//go:build linux
+
+package shim
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keel-shim/keel/process"
+	"github.com/keel-shim/keel/process/reaper"
+	"github.com/keel-shim/keel/runtime"
+)
+
+// deleteIn runs the `delete` subcommand against a bundle whose runtime is
+// /bin/true (the forced delete succeeds, nothing is mounted) and decodes
+// the DeleteResponse it prints.
+func deleteIn(t *testing.T, bundle string) *taskapi.DeleteResponse {
+	t.Helper()
+	if err := saveRuntimeConfig(bundle, runtime.Config{Binary: "/bin/true", Root: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if err := Delete(Flags{ID: "c1", Namespace: "ns", Bundle: bundle}, &out, &errb); err != nil {
+		t.Fatalf("Delete: %v (stderr %q)", err, errb.String())
+	}
+	var resp taskapi.DeleteResponse
+	if err := proto.Unmarshal(out.Bytes(), &resp); err != nil {
+		t.Fatal(err)
+	}
+	return &resp
+}
+
+// TestDeleteReportsRecordedExit: after a shim died, containerd's cleanup
+// gets the container's real exit, not a guess.
+func TestDeleteReportsRecordedExit(t *testing.T) {
+	bundle := filepath.Join(t.TempDir(), "c1")
+	if err := os.Mkdir(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Unix(1700000000, 42).UTC()
+	if err := process.SaveExit(bundle, reaper.Exit{Pid: 4242, Status: 7, Time: at}); err != nil {
+		t.Fatal(err)
+	}
+	resp := deleteIn(t, bundle)
+	if resp.Pid != 4242 || resp.ExitStatus != 7 || !resp.ExitedAt.AsTime().Equal(at) {
+		t.Fatalf("DeleteResponse = %v, want pid 4242 status 7 at %v", resp, at)
+	}
+}
+
+// TestDeleteWithoutRecordReportsKill: with no recorded exit the forced
+// delete killed the init: 128+SIGKILL.
+func TestDeleteWithoutRecordReportsKill(t *testing.T) {
+	bundle := filepath.Join(t.TempDir(), "c1")
+	if err := os.Mkdir(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if resp := deleteIn(t, bundle); resp.ExitStatus != 137 || resp.ExitedAt == nil {
+		t.Fatalf("DeleteResponse = %v, want status 137 with a time", resp)
+	}
+}
