@@ -9,12 +9,12 @@ BIN     := bin/$(SHIM)
 # added (or not exist yet) without touching this file.
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 
-.PHONY: all build test vet test-unit test-integration install deps demo clean
+.PHONY: all build test vet test-unit test-integration bench install deps demo clean
 
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN) ./cmd/$(SHIM)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN) ./cmd/$(SHIM)
 
 vet:
 	$(GO) vet ./...
@@ -28,6 +28,23 @@ test-integration:
 	$(GO) test -count=1 -v -timeout 30m ./integration/...
 
 test: vet test-unit test-integration
+
+# Needs root. Benchmarks Keel (the stripped build above) against
+# containerd-shim-runc-v2 of the same containerd, in one daemon: idle
+# footprint, `ctr run --rm` latency, 1 GiB of stdout to a file and to FIFOs.
+# Go repeats one sub-benchmark's -count runs back to back, so the rounds
+# (keel, runc, keel, runc, ...) come from KEEL_BENCH_ROUNDS instead.
+# Raw output in bench.out, table of medians and keel/runc ratios in bench.txt.
+# KEEL_BENCH_VERSIONS=1.6,2.4 adds containerd 1.6 (default: 2.4).
+BENCH_ROUNDS  ?= 5
+BENCH_RUNS    ?= 20
+BENCH_ENV      = KEEL_SHIM_BINARY=$(CURDIR)/$(BIN) KEEL_BENCH_ROUNDS=$(BENCH_ROUNDS)
+bench: SHELL := /bin/bash
+bench: .SHELLFLAGS := -o pipefail -c
+bench: build
+	$(BENCH_ENV) $(GO) test -run '^$$' -bench 'Footprint|Stdout' -benchtime 1x -count 1 -timeout 0 ./integration/ | tee bench.out
+	$(BENCH_ENV) $(GO) test -run '^$$' -bench 'StartExit' -benchtime $(BENCH_RUNS)x -count 1 -timeout 0 ./integration/ | tee -a bench.out
+	$(GO) run ./integration/cmd/benchsum < bench.out | tee bench.txt
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/$(SHIM)

@@ -90,8 +90,10 @@ func buildShim(binDir string) (string, error) {
 		// Validating against another shim: Keel need not even build.
 		return "", nil
 	}
-	cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), "./cmd/"+name)
+	// As `make build` builds it: static, so no libc is mapped into every shim.
+	cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(binDir, name), "./cmd/"+name)
 	cmd.Dir = ".." // the module root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/%s: %v\n%s", name, err, out)
 	}
