@@ -160,6 +160,9 @@ func (p *IO) openStdin(ctx context.Context, path string, cfg IOConfig, pipe bool
 	if t.kind != targetFIFO {
 		return fmt.Errorf("stdin %q: only a FIFO can be stdin: %w", path, errdefs.ErrInvalidArgument)
 	}
+	if err := requireFIFO(t.path); err != nil {
+		return err
+	}
 	// Non-blocking open: containerd may connect its writer later. Reads
 	// wait for it, and see EOF once it closes.
 	in, err := fifo.OpenFifo(ctx, t.path, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
@@ -202,9 +205,12 @@ func openTarget(t target) (dst *os.File, err error) {
 	case targetNone:
 		return nil, nil
 	case targetFIFO:
+		if err := requireFIFO(t.path); err != nil {
+			return nil, err
+		}
 		// Read-write, so that the open never blocks and a reader that goes
 		// away (containerd restarting) does not turn writes into EPIPE.
-		dst, err = os.OpenFile(t.path, os.O_RDWR|syscall.O_CLOEXEC, 0)
+		dst, err = os.OpenFile(t.path, os.O_RDWR|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0)
 	case targetFile:
 		dst, err = openLogFile(t.path)
 	default:
@@ -226,6 +232,20 @@ func (p *IO) copyOut(dst, src *os.File) {
 		defer dst.Close()
 		_, _ = copyStream(dst, src)
 	}()
+}
+
+// requireFIFO refuses a stdio path that is not a FIFO (itself, not
+// through a symlink): a request must not make the shim open a device or a
+// regular file read-write.
+func requireFIFO(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("stdio fifo %s: %v: %w", path, err, errdefs.ErrInvalidArgument)
+	}
+	if fi.Mode()&os.ModeNamedPipe == 0 {
+		return fmt.Errorf("stdio %s is not a FIFO (%s): %w", path, fi.Mode().Type(), errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // openLogFile opens a file:// target for appending, creating its parent
