@@ -52,26 +52,34 @@ func splice(dst, src *os.File) (int64, error) {
 	if err != nil {
 		return 0, errNoSplice
 	}
-	var dfd int
-	if err := dstRC.Control(func(fd uintptr) { dfd = int(fd) }); err != nil {
-		return 0, err
-	}
 	var total int64
 	for {
 		var n int64
 		var serr error
 		dstFull := false
 		rerr := srcRC.Read(func(sfd uintptr) bool {
-			n, serr = unix.Splice(int(sfd), nil, dfd, nil, spliceChunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-			if serr == unix.EAGAIN {
-				if !ready(dfd, unix.POLLOUT) {
-					dstFull = true // wait on dst, below
-					return true
+			// dst's fd is used only inside Control, which holds a
+			// reference on it: a dst closed meanwhile (Delete) fails
+			// the call instead of its fd number, reused by another
+			// open, receiving this container's output.
+			cerr := dstRC.Control(func(dfd uintptr) {
+				n, serr = unix.Splice(int(sfd), nil, int(dfd), nil, spliceChunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+				if serr == unix.EAGAIN && !ready(int(dfd), unix.POLLOUT) {
+					dstFull = true
 				}
+			})
+			if cerr != nil {
+				serr = cerr
+				return true
+			}
+			if serr == unix.EAGAIN && !dstFull {
 				return false // src is empty: the poller waits for data
 			}
 			return true
 		})
+		if dstFull {
+			serr = nil
+		}
 		switch {
 		case rerr != nil:
 			return total, rerr

@@ -25,14 +25,15 @@ const (
 	loggerReadyTimeout = 10 * time.Second
 	// loggerStopGrace is how long a logging binary may take to finish
 	// once the container's output has ended, before it is signalled.
-	loggerStopGrace = 5 * time.Second
+	loggerStopGrace = 2 * time.Second
 )
 
 // logger is a binary:// logging process: it reads the container's stdout
 // and stderr on its fds 3 and 4 and says it is ready on fd 5.
 type logger struct {
-	cmd  *exec.Cmd
-	exit <-chan reaper.Exit
+	cmd   *exec.Cmd
+	exit  <-chan reaper.Exit
+	ready bool
 }
 
 // startLogger starts the logging binary of u and waits until it is ready:
@@ -95,6 +96,7 @@ func (p *IO) startLogger(ctx context.Context, u url.URL, cfg IOConfig) (err erro
 		// an exit does: tell them apart by whether it is still running.
 		return fmt.Errorf("logging binary %s exited before the container started: %w", u.Path, errdefs.ErrFailedPrecondition)
 	}
+	p.logger.ready = true
 	return nil
 }
 
@@ -137,20 +139,26 @@ func loggerArgs(q url.Values) []string {
 	return args
 }
 
-// stop lets the logger finish on its own once the container's output has
-// ended, then asks it to terminate, then kills it. It does not block.
+// stop ends the logger, within a bound, before the container is gone:
+// one that never became ready is killed at once; a ready one first gets
+// loggerStopGrace to finish on its own (its input has ended), then
+// SIGTERM, then SIGKILL. Nothing outlives the shim's Delete.
 func (l *logger) stop() {
-	go func() {
-		for _, sig := range []syscall.Signal{0, syscall.SIGTERM, syscall.SIGKILL} {
-			if sig != 0 {
-				_ = l.cmd.Process.Signal(sig)
-			}
-			select {
-			case <-l.exit:
-				_ = l.cmd.Wait() // releases os/exec's resources; the status is the reaper's
-				return
-			case <-time.After(loggerStopGrace):
-			}
+	signals := []syscall.Signal{0, syscall.SIGTERM, syscall.SIGKILL}
+	if !l.ready {
+		signals = []syscall.Signal{syscall.SIGKILL}
+	}
+	for _, sig := range signals {
+		if sig != 0 {
+			_ = l.cmd.Process.Signal(sig)
 		}
-	}()
+		timer := time.NewTimer(loggerStopGrace)
+		select {
+		case <-l.exit:
+			timer.Stop()
+			_ = l.cmd.Wait() // releases os/exec's resources; the status is the reaper's
+			return
+		case <-timer.C:
+		}
+	}
 }

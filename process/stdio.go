@@ -43,6 +43,7 @@ type IO struct {
 
 	stdinW     *os.File      // our end of the process's stdin
 	stdinR     io.ReadCloser // the stdin FIFO
+	stdinKeep  io.Closer     // a writer of our own on the FIFO, until CloseIO
 	stdinClose sync.Once
 
 	outputs sync.WaitGroup // stdout and stderr copiers
@@ -170,6 +171,14 @@ func (p *IO) openStdin(ctx context.Context, path string, cfg IOConfig, pipe bool
 		return fmt.Errorf("open stdin %s: %w", path, err)
 	}
 	p.stdinR = in
+	// Hold a writer of our own, as containerd's shim does: a client that
+	// detaches must not end the process's stdin; only CloseIO does, and
+	// then whatever is still in the FIFO is copied before the EOF.
+	keep, err := fifo.OpenFifo(ctx, t.path, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("open stdin %s for writing: %w", path, err)
+	}
+	p.stdinKeep = keep
 	if !pipe {
 		return nil
 	}
@@ -291,8 +300,9 @@ func (p *IO) copyStdin() {
 	// Close may race this write: closing an *os.File under a blocked
 	// Write is safe and ends it.
 	_, _ = io.CopyBuffer(onlyWriter{p.stdinW}, p.stdinR, *buf)
-	// The writer went away: the process sees EOF, as with upstream.
-	p.CloseStdin()
+	// Every writer, ours included (CloseIO), is gone and the FIFO is
+	// drained: now the process reads EOF.
+	p.stdinW.Close()
 }
 
 // Child returns the ends to hand to the runtime.
@@ -361,10 +371,12 @@ func (p *IO) closeChild() {
 	p.child = runtime.Stdio{}
 }
 
-// CloseStdin closes the process's stdin (CloseIO); it then reads EOF.
+// CloseStdin is CloseIO: it drops the shim's own writer of the stdin
+// FIFO, so that once the client's writers are gone too and what they
+// wrote has been copied, the process reads EOF.
 func (p *IO) CloseStdin() {
-	if p.stdinW != nil {
-		p.stdinClose.Do(func() { p.stdinW.Close() })
+	if p.stdinKeep != nil {
+		p.stdinClose.Do(func() { p.stdinKeep.Close() })
 	}
 }
 
@@ -394,6 +406,9 @@ func (p *IO) Close() {
 		p.ttyOut.Close() // never handed to a copier
 	}
 	p.CloseStdin()
+	if p.stdinW != nil {
+		p.stdinW.Close()
+	}
 	if p.stdinR != nil {
 		p.stdinR.Close()
 	}

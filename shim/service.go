@@ -402,14 +402,20 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskReque
 	if opts.ImagePath != "" {
 		imagePath = opts.ImagePath
 	}
+	// CRIU writes its log (dump.log) in the work path: keep it in the
+	// bundle unless told otherwise, and name it in the error.
+	workPath := opts.WorkPath
+	if workPath == "" {
+		workPath = c.Bundle
+	}
 	err = c.Checkpoint(ctx, runtime.CheckpointOpts{
-		ImagePath: imagePath, WorkPath: opts.WorkPath, LeaveRunning: !opts.Exit,
+		ImagePath: imagePath, WorkPath: workPath, LeaveRunning: !opts.Exit,
 		AllowOpenTCP: opts.OpenTcp, AllowExternalUnix: opts.ExternalUnixSockets,
 		AllowTerminal: opts.Terminal, FileLocks: opts.FileLocks,
 		EmptyNamespaces: opts.EmptyNamespaces, CgroupsMode: opts.CgroupsMode,
 	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (CRIU's log: %s)", err, filepath.Join(workPath, "dump.log"))
 	}
 	s.events.Publish(TopicCheckpoint, &eventstypes.TaskCheckpointed{ContainerID: r.ID, Checkpoint: imagePath})
 	return empty, nil

@@ -172,6 +172,9 @@ func AddProcess(root, path string, pid int) error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
+		if err := inheritCpuset(hier, path); err != nil {
+			return err
+		}
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), pidStr, 0); err != nil {
 			return fmt.Errorf("join %s: %w", dir, err)
 		}
@@ -179,6 +182,37 @@ func AddProcess(root, path string, pid int) error {
 	}
 	if moved == 0 {
 		return fmt.Errorf("no cgroup hierarchy under %s: %w", root, errdefs.ErrNotFound)
+	}
+	return nil
+}
+
+// inheritCpuset fills the empty cpuset.cpus and cpuset.mems of new v1
+// cpuset cgroups from their parents, top down, as runc does: a process
+// cannot join a cpuset cgroup that has no CPUs or memory nodes (ENOSPC).
+func inheritCpuset(hier, path string) error {
+	if _, err := os.Stat(filepath.Join(hier, "cpuset.cpus")); err != nil {
+		return nil // not the cpuset hierarchy
+	}
+	parent := hier
+	for _, part := range strings.Split(strings.Trim(path, "/"), "/") {
+		dir := filepath.Join(parent, part)
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			cur, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
+				return err
+			}
+			if len(strings.TrimSpace(string(cur))) > 0 {
+				continue
+			}
+			val, err := os.ReadFile(filepath.Join(parent, f))
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(dir, f), val, 0); err != nil {
+				return fmt.Errorf("inherit %s in %s: %w", f, dir, err)
+			}
+		}
+		parent = dir
 	}
 	return nil
 }
