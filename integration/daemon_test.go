@@ -50,6 +50,8 @@ type Daemon struct {
 	cmd       *exec.Cmd
 	exited    chan struct{}
 	ids       []string // container IDs handed out, for cleanup
+	opts      DaemonOptions
+	aliasDir  string // holds "runc" for opts.OCIRuntime
 }
 
 // binDir returns where the containerd, ctr and runc shim of a version live.
@@ -69,9 +71,51 @@ func binDir(version string) (string, error) {
 	return "", fmt.Errorf("unknown containerd version %q (want one of %v)", version, allVersions)
 }
 
+// DaemonOptions vary how StartContainerdWith starts containerd.
+type DaemonOptions struct {
+	// NoUnifiedCgroup runs containerd, and so the shims and OCI runtimes it
+	// starts, in a private mount namespace where the cgroup2 mount of a
+	// "hybrid" host (/sys/fs/cgroup/unified) is lazily unmounted, so that
+	// the runtime sees a pure cgroup v1 host: Debian's crun 1.8 refuses
+	// hybrid mode. The machine's own mounts are left alone.
+	NoUnifiedCgroup bool
+	// OCIRuntime, if set, is a binary that containerd's PATH offers under
+	// the name "runc", the shims' default runtime binary: through it every
+	// container that names no BinaryName runs on, e.g., crun.
+	OCIRuntime string
+}
+
+// unifiedCgroupMount is where a hybrid host mounts cgroup2.
+const unifiedCgroupMount = "/sys/fs/cgroup/unified"
+
+// ociRuntimeKnob is KEEL_TEST_OCI_RUNTIME: the OCI runtime every test's
+// containers run on ("" and "runc" mean runc). With crun, containerd
+// runs with NoUnifiedCgroup, and by default only 1.6 is tested: Debian's
+// crun 1.8 rejects the OCI spec version containerd 2.x writes ("unknown
+// version specified"); KEEL_TEST_VERSIONS overrides that.
+func ociRuntimeKnob() string {
+	if r := os.Getenv("KEEL_TEST_OCI_RUNTIME"); r != "runc" {
+		return r
+	}
+	return ""
+}
+
 // StartContainerd starts a private containerd of the given version with the
 // busybox image imported, and stops and cleans it up when t ends.
 func StartContainerd(t testing.TB, version string) *Daemon {
+	t.Helper()
+	var o DaemonOptions
+	if rt := ociRuntimeKnob(); rt != "" {
+		if rt == "crun" && version != "1.6" && os.Getenv("KEEL_TEST_VERSIONS") == "" {
+			t.Skipf("KEEL_TEST_OCI_RUNTIME=crun runs containerd 1.6 only (Debian's crun 1.8 rejects containerd %s's OCI spec version); set KEEL_TEST_VERSIONS to try", version)
+		}
+		o = DaemonOptions{NoUnifiedCgroup: rt == "crun", OCIRuntime: rt}
+	}
+	return StartContainerdWith(t, version, o)
+}
+
+// StartContainerdWith is StartContainerd with options.
+func StartContainerdWith(t testing.TB, version string, o DaemonOptions) *Daemon {
 	t.Helper()
 	requireSetup(t)
 	bin, err := binDir(version)
@@ -101,11 +145,31 @@ func StartContainerd(t testing.TB, version string) *Daemon {
 		binDir:    bin,
 		logPath:   filepath.Join(dir, "containerd.log"),
 		exited:    make(chan struct{}),
+		opts:      o,
+	}
+	if o.NoUnifiedCgroup || o.OCIRuntime != "" {
+		// Registered first, so it runs after d.cleanup.
+		t.Cleanup(func() { d.removeCrunState(t) })
 	}
 	t.Cleanup(func() { d.cleanup(t) })
 	cfg := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfg, []byte(d.config()), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if o.OCIRuntime != "" {
+		// A script rather than a symlink: the runtime sees its own name.
+		rtPath, err := exec.LookPath(o.OCIRuntime)
+		if err != nil {
+			skipOrFail(t, "KEEL_TEST_OCI_RUNTIME=%s: %v", o.OCIRuntime, err)
+		}
+		d.aliasDir = filepath.Join(dir, "oci")
+		script := fmt.Sprintf("#!/bin/sh\nexec %s \"$@\"\n", rtPath)
+		if err := os.MkdirAll(d.aliasDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d.aliasDir, "runc"), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	logf, err := os.Create(d.logPath)
 	if err != nil {
@@ -113,6 +177,13 @@ func StartContainerd(t testing.TB, version string) *Daemon {
 	}
 	defer logf.Close()
 	d.cmd = exec.Command(filepath.Join(bin, "containerd"), "--config", cfg)
+	if o.NoUnifiedCgroup {
+		// unshare execs sh, which execs containerd: d.cmd's pid stays
+		// containerd's. Propagation private: the unmount stays in there.
+		d.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+			`if grep -q " `+unifiedCgroupMount+` " /proc/self/mountinfo; then umount -l `+unifiedCgroupMount+` || exit 1; fi; exec "$0" "$@"`,
+			filepath.Join(bin, "containerd"), "--config", cfg)
+	}
 	d.cmd.Env = append(os.Environ(), "PATH="+d.path())
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	// Own process group: a ^C to `go test` must not skip our cleanup.
@@ -126,12 +197,31 @@ func StartContainerd(t testing.TB, version string) *Daemon {
 	return d
 }
 
+// removeCrunState deletes what crun kept of containers whose shim died
+// (the cleanup's `runc delete` cannot read crun's state), then the
+// cgroups their deletion freed.
+func (d *Daemon) removeCrunState(t testing.TB) {
+	root := filepath.Join("/run/containerd/runc", d.Namespace)
+	for _, id := range d.ids {
+		if _, err := os.Stat(filepath.Join(root, id)); err != nil {
+			continue
+		}
+		out, err := exec.Command("crun", "--root", root, "delete", "--force", id).CombinedOutput()
+		t.Logf("cleanup: crun delete --force %s: %v %s", id, err, out)
+		os.RemoveAll(filepath.Join(root, id))
+	}
+	d.removeCgroups()
+}
+
 // path puts the Keel shim first, then this version's own binaries (its runc
 // shim must win over Debian's 1.6 one in /usr/bin), then the usual PATH.
 func (d *Daemon) path() string {
 	dirs := []string{d.binDir, os.Getenv("PATH")}
 	if shimDir != "" {
 		dirs = append([]string{shimDir}, dirs...)
+	}
+	if d.aliasDir != "" {
+		dirs = append([]string{d.aliasDir}, dirs...)
 	}
 	return strings.Join(dirs, ":")
 }
