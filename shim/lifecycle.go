@@ -175,7 +175,12 @@ func Serve(f Flags) error {
 	if err != nil {
 		return err
 	}
-	l, err := net.FileListener(os.NewFile(3, "socket"))
+	inherited := os.NewFile(3, "socket")
+	l, err := net.FileListener(inherited)
+	// FileListener keeps a close-on-exec dup; fd 3 itself, inherited
+	// without that flag, would reach every runtime and logger the shim
+	// starts.
+	inherited.Close()
 	if err != nil {
 		return fmt.Errorf("inherited socket: %w", err)
 	}
