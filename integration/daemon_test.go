@@ -144,7 +144,6 @@ func StartContainerdWith(t testing.TB, version string, o DaemonOptions) *Daemon 
 		Runtime:   runtimeName(),
 		binDir:    bin,
 		logPath:   filepath.Join(dir, "containerd.log"),
-		exited:    make(chan struct{}),
 		opts:      o,
 	}
 	if o.NoUnifiedCgroup || o.OCIRuntime != "" {
@@ -171,7 +170,17 @@ func StartContainerdWith(t testing.TB, version string, o DaemonOptions) *Daemon 
 			t.Fatal(err)
 		}
 	}
-	logf, err := os.Create(d.logPath)
+	d.launch(t, cfg)
+	d.importImage(t)
+	return d
+}
+
+// launch starts (or restarts) containerd with its config and waits until
+// it answers. The log is appended to, so a restart keeps the history.
+func (d *Daemon) launch(t testing.TB, cfg string) {
+	t.Helper()
+	bin, o := d.binDir, d.opts
+	logf, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,10 +200,25 @@ func StartContainerdWith(t testing.TB, version string, o DaemonOptions) *Daemon 
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { d.cmd.Wait(); close(d.exited) }()
+	d.exited = make(chan struct{})
+	cmd, exited := d.cmd, d.exited
+	go func() { cmd.Wait(); close(exited) }()
 	d.waitReady(t)
-	d.importImage(t)
-	return d
+}
+
+// Restart stops containerd (SIGKILL when kill, else SIGTERM), keeps it
+// away for downFor, and starts it again on the same root and state, as a
+// chaos test does; the shims and containers keep running meanwhile.
+func (d *Daemon) Restart(t testing.TB, kill bool, downFor time.Duration) {
+	t.Helper()
+	if kill {
+		d.cmd.Process.Kill()
+		<-d.exited
+	} else {
+		d.stop(t)
+	}
+	time.Sleep(downFor)
+	d.launch(t, filepath.Join(d.Dir, "config.toml"))
 }
 
 // removeCrunState deletes what crun kept of containers whose shim died

@@ -39,6 +39,10 @@ import (
 //	go test -run '^$' -fuzz FuzzTaskAPI -fuzztime 60s ./shim/
 func FuzzTaskAPI(f *testing.F) {
 	h := newFuzzHarness(f)
+	f.Cleanup(func() {
+		ctx := context.Background()
+		_, _ = h.svc.Kill(ctx, &taskapi.KillRequest{ID: "c1", Signal: 9, All: true})
+	})
 	for _, seed := range h.seeds(f) {
 		f.Add(seed.method, seed.payload)
 	}
@@ -67,7 +71,8 @@ while [ $# -gt 1 ]; do
 done
 case $cmd in
 create|exec)
-	sleep 1000 </dev/null >/dev/null 2>&1 &
+	# Short-lived, so that a fuzz worker killed mid-run leaves nothing for long.
+	sleep 60 </dev/null >/dev/null 2>&1 &
 	echo $! > "$pidfile"
 	[ $cmd = create ] && echo $! > "$FAKE_STATE/init" ;;
 kill|delete) kill -9 "$(cat "$FAKE_STATE/init" 2>/dev/null)" 2>/dev/null; exit 0 ;;

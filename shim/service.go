@@ -257,12 +257,12 @@ func (s *Service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.Pi
 		return nil, err
 	}
 	if st := c.Init().Status(); st.State == process.Stopped {
-		// Not an empty list: containerd 2.x, reloading after a restart,
-		// deletes a task whose shim lists no pids, and the exit status of
-		// a container that exited while containerd was away would be
-		// lost. Any other error keeps the task, STOPPED, until deleted.
-		return nil, fmt.Errorf("container %q has exited with status %d; delete it to collect the status: %w",
-			r.ID, st.ExitStatus, errdefs.ErrFailedPrecondition)
+		// The exited init, not an empty list: containerd 2.x, reloading
+		// after a restart, deletes the task of a shim that lists no pids
+		// (2.2 even when Pids fails), and the exit status of a container
+		// that exited while containerd was away would be lost. Listed, the
+		// task stays STOPPED until deleted, with its status.
+		return &taskapi.PidsResponse{Processes: []*task.ProcessInfo{{Pid: uint32(st.Pid)}}}, nil
 	}
 	pids, err := c.Pids(ctx)
 	if err != nil {
