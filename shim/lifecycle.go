@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	goruntime "runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -274,6 +275,7 @@ func Delete(f Flags, stdout, stderr io.Writer) error {
 	if err := process.UnmountAll(filepath.Join(bundle, "rootfs")); err != nil {
 		return err
 	}
+	removeStaleSocket(bundle)
 	// The init's real exit if the dead shim recorded one; otherwise the
 	// force-delete above killed it.
 	resp := &taskapi.DeleteResponse{ExitedAt: timestamppb.Now(), ExitStatus: 128 + uint32(syscall.SIGKILL)}
@@ -297,5 +299,22 @@ func dumpStacksOnSignal(log *slog.Logger) {
 		buf := make([]byte, 1<<20)
 		buf = buf[:goruntime.Stack(buf, true)]
 		log.Info("goroutines", "count", goruntime.NumGoroutine(), "stacks", string(buf))
+	}
+}
+
+// removeStaleSocket removes the socket of the dead shim that served the
+// bundle, named in the address file `start` wrote, unless a live shim
+// still serves it (other containers of its group).
+func removeStaleSocket(bundle string) {
+	data, err := os.ReadFile(filepath.Join(bundle, "address"))
+	if err != nil {
+		return
+	}
+	path := socketPathOf(strings.TrimSpace(string(data)))
+	if !filepath.IsAbs(path) || serving(path) {
+		return
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		os.Remove(path)
 	}
 }
