@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -114,20 +113,7 @@ func crunLifecycle(t *testing.T, d *Daemon, crun, id string) {
 	if code := exitCode(err); code != 3 || out != "out\n" {
 		t.Fatalf("exec: exit code %d (%v), stdout %q; want 3 and %q", code, err, out, "out\n")
 	}
-	out, err = d.Ctr(t, "task", "ps", id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, line := range strings.Split(out, "\n")[1:] {
-		if f := strings.Fields(line); len(f) > 0 {
-			pid, err := strconv.Atoi(f[0])
-			if err != nil {
-				t.Fatalf("bad `ctr task ps` line %q", line)
-			}
-			pids = append(pids, pid)
-		}
-	}
+	pids := d.TaskPids(t, id)
 	if len(pids) != 1 || pids[0] != task.Pid {
 		t.Fatalf("task ps lists %v, want just the init pid %d", pids, task.Pid)
 	}

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,24 +34,6 @@ import (
 // ShimCgroup, and `-info`. containerd 1.6-2.2 send the options on the
 // shim's stdin at start and in Create; 2.3+ in the bootstrap params
 // (an extension) and in Create.
-
-// optBuffer is an io.Writer safe to read while cio copies into it.
-type optBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *optBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *optBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // optContainer creates a busybox container with the Go client, on a
 // snapshot of its own, with runtimeOpts given to WithRuntime (nil for
@@ -89,7 +70,7 @@ func optContainer(t *testing.T, d *Daemon, c *containerd.Client, ctx context.Con
 // A failed NewTask is returned as is.
 func optRun(t *testing.T, ctx context.Context, cont containerd.Container) (uint32, string, error) {
 	t.Helper()
-	var out optBuffer
+	var out syncBuffer
 	task, err := cont.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, &out, &out)))
 	if err != nil {
 		return 0, "", err

@@ -26,21 +26,7 @@ func TestTaskLifecycle(t *testing.T) {
 			t.Fatalf("exec stdout %q, want %q", out, "out\n")
 		}
 
-		out, err = d.Ctr(t, "task", "ps", id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// "PID INFO" header, then one line per process of the container.
-		var pids []int
-		for _, line := range strings.Split(out, "\n")[1:] {
-			if f := strings.Fields(line); len(f) > 0 {
-				pid, err := strconv.Atoi(f[0])
-				if err != nil {
-					t.Fatalf("bad `ctr task ps` line %q", line)
-				}
-				pids = append(pids, pid)
-			}
-		}
+		pids := d.TaskPids(t, id)
 		if len(pids) != 1 || pids[0] != task.Pid {
 			t.Fatalf("task ps lists %v, want just the init pid %d", pids, task.Pid)
 		}
@@ -79,4 +65,25 @@ func TestTaskLifecycle(t *testing.T) {
 			t.Fatalf("container %s still listed after containers rm", id)
 		}
 	})
+}
+
+// TaskPids lists a task's pids with `ctr task ps`: a "PID INFO" header,
+// then one line per process of the container.
+func (d *Daemon) TaskPids(t testing.TB, id string) []int {
+	t.Helper()
+	out, err := d.Ctr(t, "task", "ps", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, line := range strings.Split(out, "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 0 {
+			pid, err := strconv.Atoi(f[0])
+			if err != nil {
+				t.Fatalf("bad `ctr task ps` line %q", line)
+			}
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
