@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	goruntime "runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -291,14 +292,20 @@ func Delete(f Flags, stdout, stderr io.Writer) error {
 }
 
 // dumpStacksOnSignal logs every goroutine's stack on SIGUSR1, to debug a
-// wedged shim without stopping it.
+// wedged shim without stopping it. It collects garbage and returns free
+// memory to the kernel first, so that the RSS seen next is what is live:
+// the leak tests (make test-stress) rely on that.
 func dumpStacksOnSignal(log *slog.Logger) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGUSR1)
 	for range ch {
+		debug.FreeOSMemory()
 		buf := make([]byte, 1<<20)
 		buf = buf[:goruntime.Stack(buf, true)]
-		log.Info("goroutines", "count", goruntime.NumGoroutine(), "stacks", string(buf))
+		var ms goruntime.MemStats
+		goruntime.ReadMemStats(&ms)
+		log.Info("goroutines", "count", goruntime.NumGoroutine(), "heap_alloc", ms.HeapAlloc,
+			"heap_sys", ms.HeapSys, "stacks_sys", ms.StackSys, "stacks", string(buf))
 	}
 }
 
