@@ -113,23 +113,7 @@ func crunLifecycle(t *testing.T, d *Daemon, crun, id string) {
 	if code := exitCode(err); code != 3 || out != "out\n" {
 		t.Fatalf("exec: exit code %d (%v), stdout %q; want 3 and %q", code, err, out, "out\n")
 	}
-	pids := d.TaskPids(t, id)
-	if len(pids) != 1 || pids[0] != task.Pid {
-		t.Fatalf("task ps lists %v, want just the init pid %d", pids, task.Pid)
-	}
-
-	if _, err := d.Ctr(t, "task", "pause", id); err != nil {
-		t.Fatal(err)
-	}
-	if st := d.Tasks(t)[id].Status; st != "PAUSED" {
-		t.Fatalf("after pause, status %q, want PAUSED", st)
-	}
-	if _, err := d.Ctr(t, "task", "resume", id); err != nil {
-		t.Fatal(err)
-	}
-	if st := d.Tasks(t)[id].Status; st != "RUNNING" {
-		t.Fatalf("after resume, status %q, want RUNNING", st)
-	}
+	d.CheckPsPauseResume(t, id, task.Pid)
 	// Exec works again after the resume.
 	if out, err := d.Ctr(t, "task", "exec", "--exec-id", "x2", id, "echo", "resumed"); err != nil || out != "resumed\n" {
 		t.Fatalf("exec after resume: %q, %v", out, err)

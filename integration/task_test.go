@@ -26,23 +26,7 @@ func TestTaskLifecycle(t *testing.T) {
 			t.Fatalf("exec stdout %q, want %q", out, "out\n")
 		}
 
-		pids := d.TaskPids(t, id)
-		if len(pids) != 1 || pids[0] != task.Pid {
-			t.Fatalf("task ps lists %v, want just the init pid %d", pids, task.Pid)
-		}
-
-		if _, err := d.Ctr(t, "task", "pause", id); err != nil {
-			t.Fatal(err)
-		}
-		if st := d.Tasks(t)[id].Status; st != "PAUSED" {
-			t.Fatalf("after pause, status %q, want PAUSED", st)
-		}
-		if _, err := d.Ctr(t, "task", "resume", id); err != nil {
-			t.Fatal(err)
-		}
-		if st := d.Tasks(t)[id].Status; st != "RUNNING" {
-			t.Fatalf("after resume, status %q, want RUNNING", st)
-		}
+		d.CheckPsPauseResume(t, id, task.Pid)
 
 		if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", id); err != nil {
 			t.Fatal(err)
@@ -86,4 +70,21 @@ func (d *Daemon) TaskPids(t testing.TB, id string) []int {
 		}
 	}
 	return pids
+}
+
+// CheckPsPauseResume checks that `ctr task ps` lists just the init, and
+// that pause and resume show in `ctr task ls`.
+func (d *Daemon) CheckPsPauseResume(t testing.TB, id string, initPid int) {
+	t.Helper()
+	if pids := d.TaskPids(t, id); len(pids) != 1 || pids[0] != initPid {
+		t.Fatalf("task ps lists %v, want just the init pid %d", pids, initPid)
+	}
+	for _, step := range []struct{ cmd, status string }{{"pause", "PAUSED"}, {"resume", "RUNNING"}} {
+		if _, err := d.Ctr(t, "task", step.cmd, id); err != nil {
+			t.Fatal(err)
+		}
+		if st := d.Tasks(t)[id].Status; st != step.status {
+			t.Fatalf("after %s, status %q, want %s", step.cmd, st, step.status)
+		}
+	}
 }
