@@ -92,17 +92,14 @@ func (p *Process) Start(ctx context.Context) error {
 	}
 	switch {
 	case p.IsInit() && p.c.restoreFrom != "":
-		if err := p.c.restore(ctx); err != nil {
-			return err
-		}
+		err = p.c.restore(ctx)
 	case p.IsInit():
-		if err := p.c.rt.Start(ctx, p.c.ID); err != nil {
-			return err
-		}
+		err = p.c.rt.Start(ctx, p.c.ID)
 	default:
-		if err := p.startExec(ctx); err != nil {
-			return err
-		}
+		err = p.startExec(ctx)
+	}
+	if err != nil {
+		return err
 	}
 	p.state = to
 	p.c.obs.Started(p.c, p, p.statusLocked())
