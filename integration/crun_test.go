@@ -119,13 +119,7 @@ func crunLifecycle(t *testing.T, d *Daemon, crun, id string) {
 		t.Fatalf("exec after resume: %q, %v", out, err)
 	}
 
-	if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", id); err != nil {
-		t.Fatal(err)
-	}
-	d.WaitStatus(t, id, "STOPPED")
-	if code := d.TaskRm(t, id); code != 137 {
-		t.Fatalf("ctr task rm reports exit code %d, want 137 (SIGKILL)", code)
-	}
+	d.KillAndRemove(t, id)
 	if _, ok := crunList(t, crun, d)[id]; ok {
 		t.Fatalf("crun still lists %s after task rm", id)
 	}
@@ -152,7 +146,7 @@ func TestCrunLifecycle(t *testing.T) {
 			id := d.NewID("crun")
 			// The Go client writes the spec itself, with its own (newer)
 			// version: write the one containerd 1.6 does.
-			cont := optContainer(t, d, c, ctx, id, &options.Options{BinaryName: crun},
+			cont := newClientContainer(t, d, c, ctx, id, &options.Options{BinaryName: crun}, 0,
 				oci.WithProcessArgs("sleep", "1000"), withSpecVersion(spec16Version))
 			task, err := cont.NewTask(ctx, cio.NullIO)
 			if err != nil {

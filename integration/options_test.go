@@ -35,36 +35,6 @@ import (
 // shim's stdin at start and in Create; 2.3+ in the bootstrap params
 // (an extension) and in Create.
 
-// optContainer creates a busybox container with the Go client, on a
-// snapshot of its own, with runtimeOpts given to WithRuntime (nil for
-// none). It and its task are removed when t ends.
-func optContainer(t *testing.T, d *Daemon, c *containerd.Client, ctx context.Context, id string, runtimeOpts any, specOpts ...oci.SpecOpts) containerd.Container {
-	t.Helper()
-	img, err := c.GetImage(ctx, imageRef)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cont, err := c.NewContainer(ctx, id,
-		containerd.WithImage(img),
-		containerd.WithNewSnapshot(id+"-snap", img),
-		containerd.WithRuntime(d.Runtime, runtimeOpts),
-		containerd.WithNewSpec(append(append([]oci.SpecOpts{oci.WithImageConfig(img)}, specOpts...), d.clientSpecOpts()...)...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if task, err := cont.Task(ctx, nil); err == nil {
-			task.Delete(ctx, containerd.WithProcessKill)
-		}
-		if err := cont.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
-			t.Logf("cleanup: delete container %s: %v", id, err)
-		}
-	})
-	return cont
-}
-
 // optRun runs the container's task to its end with stdout and stderr
 // captured, deletes the task and returns its exit status and output.
 // A failed NewTask is returned as is.
@@ -170,7 +140,7 @@ func TestRuntimeOptions(t *testing.T) {
 
 		t.Run("runc-options", func(t *testing.T) {
 			id := d.NewID("optrunc")
-			cont := optContainer(t, d, c, ctx, id, &options.Options{BinaryName: "runc"},
+			cont := newClientContainer(t, d, c, ctx, id, &options.Options{BinaryName: "runc"}, 0,
 				oci.WithProcessArgs("sh", "-c", "echo options-ok; exit 7"))
 			code, out, err := optRun(t, ctx, cont)
 			if err != nil {
@@ -184,7 +154,7 @@ func TestRuntimeOptions(t *testing.T) {
 		t.Run("binary-name", func(t *testing.T) {
 			wrapper, log := runtimeWrapper(t)
 			id := d.NewID("optbin")
-			cont := optContainer(t, d, c, ctx, id, &options.Options{BinaryName: wrapper},
+			cont := newClientContainer(t, d, c, ctx, id, &options.Options{BinaryName: wrapper}, 0,
 				oci.WithProcessArgs("sh", "-c", "echo via-wrapper"))
 			code, out, err := optRun(t, ctx, cont)
 			if err != nil {
@@ -200,7 +170,7 @@ func TestRuntimeOptions(t *testing.T) {
 			wrapper, log := runtimeWrapper(t)
 			id := d.NewID("opttoml")
 			body := fmt.Sprintf("BinaryName = %q\nSystemdCgroup = false\n", wrapper)
-			cont := optContainer(t, d, c, ctx, id, &runtimeoptions.Options{ConfigBody: []byte(body)},
+			cont := newClientContainer(t, d, c, ctx, id, &runtimeoptions.Options{ConfigBody: []byte(body)}, 0,
 				oci.WithProcessArgs("sh", "-c", "echo via-toml"))
 			code, out, err := optRun(t, ctx, cont)
 			if err != nil && !isKeelRuntime(d) {
@@ -229,7 +199,7 @@ func TestRuntimeOptions(t *testing.T) {
 		for _, tc := range bad {
 			t.Run("bad-"+tc.name, func(t *testing.T) {
 				id := d.NewID("optbad")
-				cont := optContainer(t, d, c, ctx, id, tc.opts, oci.WithProcessArgs("true"))
+				cont := newClientContainer(t, d, c, ctx, id, tc.opts, 0, oci.WithProcessArgs("true"))
 				code, out, err := optRun(t, ctx, cont)
 				if err == nil {
 					t.Fatalf("task with options %T ran (exit status %d, output %q); want its creation to fail", tc.opts, code, out)
@@ -298,7 +268,7 @@ func TestShimCgroup(t *testing.T) {
 				if precreate {
 					makeV1Cgroup(t, hierarchies, cg)
 				}
-				cont := optContainer(t, d, c, ctx, id, &options.Options{ShimCgroup: cg}, oci.WithProcessArgs("sleep", "1000"))
+				cont := newClientContainer(t, d, c, ctx, id, &options.Options{ShimCgroup: cg}, 0, oci.WithProcessArgs("sleep", "1000"))
 				task, err := cont.NewTask(ctx, cio.NullIO)
 				if err != nil && !precreate && !isKeelRuntime(d) {
 					t.Skipf("containerd's runc shim joins only an existing cgroup: %v", err)

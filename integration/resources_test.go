@@ -190,7 +190,7 @@ func TestUpdate(t *testing.T) {
 		ctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		id := d.NewID("update")
-		cont := optContainer(t, d, c, ctx, id, nil, oci.WithMemoryLimit(64<<20), oci.WithProcessArgs("sleep", "1000"))
+		cont := newClientContainer(t, d, c, ctx, id, nil, 0, oci.WithMemoryLimit(64<<20), oci.WithProcessArgs("sleep", "1000"))
 		task, err := cont.NewTask(ctx, cio.NullIO)
 		if err != nil {
 			t.Fatal(err)
@@ -332,7 +332,7 @@ func TestCheckpoint(t *testing.T) {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
 		id := d.NewID("ckpt")
-		cont := optContainer(t, d, c, ctx, id, nil, oci.WithProcessArgs("sleep", "1000"))
+		cont := newClientContainer(t, d, c, ctx, id, nil, 0, oci.WithProcessArgs("sleep", "1000"))
 		task, err := cont.NewTask(ctx, cio.NullIO)
 		if err != nil {
 			t.Fatal(err)

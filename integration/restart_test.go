@@ -45,12 +45,6 @@ func TestContainerdRestart(t *testing.T) {
 		if after := d.WaitStatus(t, run, "RUNNING"); after.Pid != before.Pid {
 			t.Fatalf("after SIGKILL of containerd the task's pid is %d, was %d", after.Pid, before.Pid)
 		}
-		if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", run); err != nil {
-			t.Fatal(err)
-		}
-		d.WaitStatus(t, run, "STOPPED")
-		if status := d.TaskRm(t, run); status != 137 {
-			t.Fatalf("kill after restart reports %d, want 137", status)
-		}
+		d.KillAndRemove(t, run)
 	})
 }

@@ -210,53 +210,11 @@ func TestAttachReattach(t *testing.T) {
 			t.Fatalf("task %s is %q after its clients went away, want RUNNING", id, st)
 		}
 
-		if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", id); err != nil {
-			t.Fatal(err)
-		}
-		d.WaitStatus(t, id, "STOPPED")
-		if code := d.TaskRm(t, id); code != 137 {
-			t.Fatalf("ctr task rm reports exit code %d, want 137", code)
-		}
+		d.KillAndRemove(t, id)
 		if _, err := d.Ctr(t, "containers", "rm", id); err != nil {
 			t.Fatal(err)
 		}
 	})
-}
-
-// newClientContainer creates a busybox container with the Go client, with
-// a snapshot of its own; runtimeOpts go to WithRuntime (nil for none). With
-// remapID > 0 the snapshot's files belong to that host uid and gid, the
-// root of a user namespace. The container, its task and snapshot are
-// removed when t ends.
-func newClientContainer(t *testing.T, d *Daemon, c *containerd.Client, ctx context.Context, id string, runtimeOpts any, remapID uint32, specOpts ...oci.SpecOpts) containerd.Container {
-	t.Helper()
-	img, err := c.GetImage(ctx, imageRef)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snapshot := containerd.WithNewSnapshot(id+"-snap", img)
-	if remapID > 0 {
-		snapshot = containerd.WithRemappedSnapshot(id+"-snap", img, remapID, remapID)
-	}
-	cont, err := c.NewContainer(ctx, id,
-		containerd.WithImage(img),
-		snapshot,
-		containerd.WithRuntime(d.Runtime, runtimeOpts),
-		containerd.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(img)}, specOpts...)...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if task, err := cont.Task(ctx, nil); err == nil {
-			task.Delete(ctx, containerd.WithProcessKill)
-		}
-		if err := cont.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
-			t.Logf("cleanup: delete container %s: %v", id, err)
-		}
-	})
-	return cont
 }
 
 // waitOutput polls until buf holds exactly want. The client copies the
@@ -502,13 +460,7 @@ func TestAttachStdin(t *testing.T) {
 		if st := d.Tasks(t)[id].Status; st != "RUNNING" {
 			t.Fatalf("task %s is %q after its clients went away, want RUNNING", id, st)
 		}
-		if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", id); err != nil {
-			t.Fatal(err)
-		}
-		d.WaitStatus(t, id, "STOPPED")
-		if code := d.TaskRm(t, id); code != 137 {
-			t.Fatalf("ctr task rm reports exit code %d, want 137", code)
-		}
+		d.KillAndRemove(t, id)
 		if _, err := d.Ctr(t, "containers", "rm", id); err != nil {
 			t.Fatal(err)
 		}
@@ -611,13 +563,7 @@ func TestExecStdio(t *testing.T) {
 		if !pollUntil(10*time.Second, func() bool { return size() > before }) {
 			t.Fatalf("init's log did not grow while the execs ran")
 		}
-		if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", id); err != nil {
-			t.Fatal(err)
-		}
-		d.WaitStatus(t, id, "STOPPED")
-		if code := d.TaskRm(t, id); code != 137 {
-			t.Fatalf("ctr task rm reports exit code %d, want 137", code)
-		}
+		d.KillAndRemove(t, id)
 		if _, err := d.Ctr(t, "containers", "rm", id); err != nil {
 			t.Fatal(err)
 		}

@@ -28,13 +28,7 @@ func TestTaskLifecycle(t *testing.T) {
 
 		d.CheckPsPauseResume(t, id, task.Pid)
 
-		if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", id); err != nil {
-			t.Fatal(err)
-		}
-		d.WaitStatus(t, id, "STOPPED")
-		if code := d.TaskRm(t, id); code != 137 {
-			t.Fatalf("ctr task rm reports exit code %d, want 137 (SIGKILL)", code)
-		}
+		d.KillAndRemove(t, id)
 		if _, ok := d.Tasks(t)[id]; ok {
 			t.Fatalf("task %s still listed after task rm", id)
 		}
@@ -86,5 +80,18 @@ func (d *Daemon) CheckPsPauseResume(t testing.TB, id string, initPid int) {
 		if st := d.Tasks(t)[id].Status; st != step.status {
 			t.Fatalf("after %s, status %q, want %s", step.cmd, st, step.status)
 		}
+	}
+}
+
+// KillAndRemove kills a task with SIGKILL, waits until it is STOPPED and
+// removes it, checking that the removal reports 137 (128 + SIGKILL).
+func (d *Daemon) KillAndRemove(t testing.TB, id string) {
+	t.Helper()
+	if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", id); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitStatus(t, id, "STOPPED")
+	if code := d.TaskRm(t, id); code != 137 {
+		t.Fatalf("ctr task rm %s reports exit code %d after SIGKILL, want 137", id, code)
 	}
 }

@@ -188,13 +188,7 @@ func TestTerminal(t *testing.T) {
 			if st := d.Tasks(t)[id].Status; st != "RUNNING" {
 				t.Fatalf("container is %q after its exec ended, want RUNNING", st)
 			}
-			if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", id); err != nil {
-				t.Fatal(err)
-			}
-			d.WaitStatus(t, id, "STOPPED")
-			if code := d.TaskRm(t, id); code != 137 {
-				t.Fatalf("ctr task rm reports exit code %d, want 137", code)
-			}
+			d.KillAndRemove(t, id)
 			if _, err := d.Ctr(t, "containers", "rm", id); err != nil {
 				t.Fatal(err)
 			}

@@ -184,11 +184,3 @@ func (w *Watch) Close() {
 	w.early = nil
 	w.r.mu.Unlock()
 }
-
-// Forget drops the registration for pid, for a process the shim stops
-// caring about before it exits (it is still reaped, just not reported).
-func (r *Reaper) Forget(pid int) {
-	r.mu.Lock()
-	delete(r.waiters, pid)
-	r.mu.Unlock()
-}

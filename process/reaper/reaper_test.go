@@ -385,12 +385,8 @@ func TestWatchClose(t *testing.T) {
 		t.Errorf("exit delivered for a live pid: %+v", e)
 	default:
 	}
-	r.Forget(os.Getpid())
-	locked(r, func() {
-		if len(r.waiters) != 0 {
-			t.Errorf("waiters after Forget: %v", r.waiters)
-		}
-	})
+	// The reaper is shared by the tests: drop the live pid's waiter.
+	locked(r, func() { delete(r.waiters, os.Getpid()) })
 }
 
 // TestUnclaimedExitDropped: with no watch open, an exit nobody registered
@@ -415,34 +411,6 @@ func TestUnclaimedExitDropped(t *testing.T) {
 			t.Errorf("closed watch still records exits: %v", w.early)
 		}
 	})
-}
-
-func TestForget(t *testing.T) {
-	r := testReaper(t)
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pw.Close()
-	cmd := exec.Command("sh", "-c", "read x")
-	cmd.Stdin = pr
-	ch, err := r.Start(cmd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pr.Close()
-	pid := cmd.Process.Pid
-	r.Forget(pid)
-	pw.Close()
-	waitFor(t, fmt.Sprintf("pid %d to be reaped", pid), func() bool { return gone(pid) })
-	_ = cmd.Wait()
-	// Taking the lock waits out the reap step that collected pid.
-	locked(r, func() {})
-	select {
-	case e := <-ch:
-		t.Errorf("forgotten pid reported: %+v", e)
-	default:
-	}
 }
 
 // TestOrphansReaped: grandchildren reparented to the subreaper are reaped
