@@ -156,7 +156,7 @@ func (l *logger) stop() {
 		select {
 		case <-l.exit:
 			timer.Stop()
-			_ = l.cmd.Wait() // releases os/exec's resources; the status is the reaper's
+			reaper.Release(l.cmd) // the status is the reaper's
 			return
 		case <-timer.C:
 		}

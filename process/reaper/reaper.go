@@ -111,7 +111,7 @@ func ExitStatus(ws unix.WaitStatus) int {
 
 // Start starts cmd and returns a channel that receives its exit. The
 // caller must not call cmd.Wait before the exit has been received: the
-// reaper collects the status; cmd.Wait afterwards only releases resources.
+// reaper collects the status; then Release frees cmd's resources.
 func (r *Reaper) Start(cmd *exec.Cmd) (<-chan Exit, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -138,10 +138,17 @@ func (r *Reaper) Run(ctx context.Context, cmd *exec.Cmd) (int, error) {
 		e = <-ch
 		err = ctx.Err()
 	}
-	// The status is ours already; Wait only ends os/exec's copy goroutines
-	// and closes its pidfd. Its "no child" error is expected.
-	_ = cmd.Wait()
+	Release(cmd)
 	return e.Status, err
+}
+
+// Release frees what os/exec holds for a started cmd whose exit the
+// reaper has delivered: Wait ends its copy goroutines (its "no child"
+// error is expected), and Release closes the pidfd that Go keeps since
+// 1.23, which a failed Wait leaves open until a garbage collection.
+func Release(cmd *exec.Cmd) {
+	_ = cmd.Wait()
+	_ = cmd.Process.Release()
 }
 
 // Watch opens a window in which unclaimed exits are remembered, for a

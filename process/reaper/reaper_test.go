@@ -459,3 +459,29 @@ func TestOrphansReaped(t *testing.T) {
 		t.Errorf("zombie children left: %+v", z)
 	}
 }
+
+// TestRunReleasesFDs: a run leaves no fd behind, without waiting for a
+// garbage collection (Go keeps a pidfd per started process, which a Wait
+// that finds no child does not close).
+func TestRunReleasesFDs(t *testing.T) {
+	r := testReaper(t)
+	count := func() int {
+		fds, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(fds)
+	}
+	if _, err := r.Run(context.Background(), exec.Command("true")); err != nil {
+		t.Fatal(err)
+	}
+	before := count()
+	for i := 0; i < 50; i++ {
+		if _, err := r.Run(context.Background(), exec.Command("true")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := count(); after > before+2 {
+		t.Fatalf("%d fds after 50 runs, %d before", after, before)
+	}
+}
