@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -41,6 +42,7 @@ type Config struct {
 	NoPivot      bool
 	NoNewKeyring bool
 	IoUID, IoGID int // owner of the stdio pipes; 0 keeps root
+	Output       OutputBuffer
 }
 
 // Deps are the shim-wide services a container uses.
@@ -48,6 +50,7 @@ type Deps struct {
 	Runtime  *runtime.Runtime
 	Reaper   *reaper.Reaper
 	Observer Observer
+	Log      *slog.Logger
 }
 
 // Container is one container: its init process and its exec processes.
@@ -83,7 +86,10 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 		ID: cfg.ID, Bundle: cfg.Bundle, rt: d.Runtime, reaper: d.Reaper, obs: d.Observer,
 		restoreFrom: cfg.Checkpoint, noPivot: cfg.NoPivot, noNewKeyring: cfg.NoNewKeyring,
 	}
-	c.ioCfg = IOConfig{ContainerID: cfg.ID, Namespace: cfg.Namespace, UID: cfg.IoUID, GID: cfg.IoGID, Reaper: d.Reaper}
+	c.ioCfg = IOConfig{
+		ContainerID: cfg.ID, Namespace: cfg.Namespace, UID: cfg.IoUID, GID: cfg.IoGID,
+		Buffer: cfg.Output, Reaper: d.Reaper, Log: d.Log,
+	}
 	c.execs.byID = make(map[string]*Process)
 	if c.sharedPidNS, err = sharesPidNamespace(cfg.Bundle); err != nil {
 		return nil, err

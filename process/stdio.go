@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -31,7 +32,9 @@ type Stdio struct {
 type IOConfig struct {
 	ContainerID, Namespace string // for a binary:// logger's environment
 	UID, GID               int    // owner of the pipes (IoUid/IoGid), -1 to keep
+	Buffer                 OutputBuffer
 	Reaper                 *reaper.Reaper
+	Log                    *slog.Logger // for output dropped under DropOldest
 }
 
 // IO owns the pipes between a container process and its stdio targets and
@@ -47,8 +50,9 @@ type IO struct {
 	stdinClose sync.Once
 
 	outputs sync.WaitGroup // stdout and stderr copiers
-	closers []io.Closer    // everything to close at the end
-	logger  *logger        // a binary:// logging process, if any
+	cfg     IOConfig
+	closers []io.Closer // everything to close at the end
+	logger  *logger     // a binary:// logging process, if any
 
 	// A terminal: the runtime sends the pty master to console, and the
 	// shim copies between it, the stdin FIFO and ttyOut.
@@ -60,7 +64,7 @@ type IO struct {
 // NewIO sets up stdio for a process. Pass Child and ConsoleSocket to the
 // runtime, then call Started.
 func NewIO(ctx context.Context, s Stdio, cfg IOConfig) (_ *IO, err error) {
-	p := &IO{}
+	p := &IO{cfg: cfg}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -232,14 +236,30 @@ func openTarget(t target) (dst *os.File, err error) {
 }
 
 // copyOut copies src into dst until src ends, then closes dst: that close
-// is what gives the reader (ctr, CRI) its EOF.
+// is what gives the reader (ctr, CRI) its EOF. Into a FIFO, with an
+// OutputBuffer configured, the copy goes through a bounded queue, so that
+// the process keeps running while nobody reads.
 func (p *IO) copyOut(dst, src *os.File) {
 	p.closers = append(p.closers, dst)
 	p.outputs.Add(1)
+	if p.cfg.Buffer.Size <= 0 || isRegular(dst) {
+		go func() {
+			defer p.outputs.Done()
+			defer dst.Close()
+			_, _ = copyStream(dst, src)
+		}()
+		return
+	}
+	q := newOutputQueue(p.cfg.Buffer)
+	p.closers = append(p.closers, q)
 	go func() {
 		defer p.outputs.Done()
 		defer dst.Close()
-		_, _ = copyStream(dst, src)
+		_ = bufferedCopy(dst, src, q, func(n int64) {
+			if p.cfg.Log != nil {
+				p.cfg.Log.Warn("output dropped while nobody read it", "id", p.cfg.ContainerID, "fifo", dst.Name(), "bytes", n, "buffer", p.cfg.Buffer.Size)
+			}
+		})
 	}()
 }
 

@@ -129,7 +129,7 @@ func TestParseBootstrap(t *testing.T) {
 			if err != nil {
 				t.Fatalf("runtimeOptions: %v", err)
 			}
-			if !proto.Equal(opts, runcOptions()) {
+			if !proto.Equal(opts.Runc, runcOptions()) {
 				t.Errorf("decoded options %v, want %v", opts, runcOptions())
 			}
 		})

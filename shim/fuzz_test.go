@@ -133,7 +133,7 @@ func buildFuzzHarness() (*fuzzHarness, error) {
 		return nil, err
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc := NewService("fuzz", log, r, NewPublisher("", "fuzz", log), &options.Options{BinaryName: rt, Root: dir}, func() {})
+	svc := NewService("fuzz", log, r, NewPublisher("", "fuzz", log), &Options{Runc: &options.Options{BinaryName: rt, Root: dir}}, func() {})
 	return &fuzzHarness{svc: svc, methods: taskMethods(svc).Methods, guard: errorBoundary(log), dir: dir, bundle: bundle}, nil
 }
 

@@ -48,7 +48,7 @@ func Info(stdin io.Reader, stdout io.Writer) error {
 	info.Options = b.Options
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	rt := runtime.New(runtime.Config{Binary: opts.GetBinaryName(), Root: os.TempDir(), LogDir: os.TempDir()}, runtime.ExecRunner{})
+	rt := runtime.New(runtime.Config{Binary: opts.Runc.GetBinaryName(), Root: os.TempDir(), LogDir: os.TempDir()}, runtime.ExecRunner{})
 	if feat, err := rt.Features(ctx); err == nil {
 		info.Features = &anypb.Any{TypeUrl: featuresTypeURL, Value: feat}
 	}

@@ -24,7 +24,6 @@ import (
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
-	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
 	"github.com/containerd/ttrpc"
@@ -139,10 +138,10 @@ func spawnDaemon(f Flags, b Bootstrap, socket string, l *net.UnixListener) error
 	if opts, err := runtimeOptions(b.Options, nil); err != nil {
 		_ = cmd.Process.Kill()
 		return err
-	} else if opts.GetShimCgroup() != "" {
-		if err := cgroup.AddProcess(cgroup.DefaultRoot, opts.GetShimCgroup(), cmd.Process.Pid); err != nil {
+	} else if g := opts.Runc.GetShimCgroup(); g != "" {
+		if err := cgroup.AddProcess(cgroup.DefaultRoot, g, cmd.Process.Pid); err != nil {
 			_ = cmd.Process.Kill()
-			return fmt.Errorf("move shim to cgroup %s: %w", opts.GetShimCgroup(), err)
+			return fmt.Errorf("move shim to cgroup %s: %w", g, err)
 		}
 	}
 	return nil
@@ -218,7 +217,7 @@ func Serve(f Flags) error {
 }
 
 // daemonOptions decodes the runtime options `start` received.
-func daemonOptions() (*options.Options, error) {
+func daemonOptions() (*Options, error) {
 	enc := os.Getenv(optionsEnv)
 	if enc == "" {
 		return nil, nil

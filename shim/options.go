@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/keel-shim/keel/process"
 	"github.com/keel-shim/keel/runtime"
 )
 
@@ -60,15 +61,22 @@ func validateBundle(bundle, id string) error {
 	return nil
 }
 
-// runtimeOptions decodes containerd's runc options (containerd.runc.v1
-// Options, as the runc shim takes them), falling back to the defaults the
-// shim was started with.
-func runtimeOptions(a *anypb.Any, defaults *options.Options) (*options.Options, error) {
+// Options are a container's runtime options: runc's, which containerd and
+// the CRI send, and Keel's output buffer, which only the CRI's TOML form
+// (runtimeoptions.v1, also `ctr --runtime-config-path`) can carry.
+type Options struct {
+	Runc   *options.Options
+	Output process.OutputBuffer
+}
+
+// runtimeOptions decodes the options of a Create (or of the bootstrap),
+// falling back to the defaults the shim was started with.
+func runtimeOptions(a *anypb.Any, defaults *Options) (*Options, error) {
 	if a == nil || a.GetTypeUrl() == "" {
 		if defaults != nil {
 			return defaults, nil
 		}
-		return &options.Options{}, nil
+		return &Options{Runc: &options.Options{}}, nil
 	}
 	var opts options.Options
 	var generic runtimeoptions.Options // what the CRI sends a non-runc runtime type
@@ -77,12 +85,16 @@ func runtimeOptions(a *anypb.Any, defaults *options.Options) (*options.Options, 
 		if err := proto.Unmarshal(a.GetValue(), &opts); err != nil {
 			return nil, fmt.Errorf("runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
-		return &opts, nil
+		return &Options{Runc: &opts}, nil
 	case isType(a, &generic):
 		if err := proto.Unmarshal(a.GetValue(), &generic); err != nil {
 			return nil, fmt.Errorf("runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
-		return runcOptionsFromTOML(&generic)
+		runc, out, err := runcOptionsFromTOML(&generic)
+		if err != nil {
+			return nil, err
+		}
+		return &Options{Runc: runc, Output: out}, nil
 	}
 	return nil, fmt.Errorf("runtime options of type %q, want %s or %s: %w", a.GetTypeUrl(),
 		opts.ProtoReflect().Descriptor().FullName(), generic.ProtoReflect().Descriptor().FullName(), errdefs.ErrInvalidArgument)

@@ -138,7 +138,11 @@ func TestRuntimeOptions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := runtimeOptions(tt.in, tt.defaults)
+			var defaults *Options
+			if tt.defaults != nil {
+				defaults = &Options{Runc: tt.defaults}
+			}
+			got, err := runtimeOptions(tt.in, defaults)
 			if tt.invalid {
 				if !errdefs.IsInvalidArgument(err) {
 					t.Fatalf("runtimeOptions = %v, %v; want InvalidArgument", got, err)
@@ -148,7 +152,7 @@ func TestRuntimeOptions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !proto.Equal(got, tt.want) {
+			if !proto.Equal(got.Runc, tt.want) {
 				t.Errorf("runtimeOptions = %v, want %v", got, tt.want)
 			}
 		})

@@ -35,7 +35,7 @@ type Service struct {
 	log        *slog.Logger
 	reaper     *reaper.Reaper
 	events     *Publisher
-	defaults   *options.Options // runtime options from the bootstrap, if any
+	defaults   *Options // runtime options from the bootstrap, if any
 	onShutdown func()
 
 	mu         sync.Mutex
@@ -48,7 +48,7 @@ var empty = &emptypb.Empty{}
 
 // NewService returns the task service. onShutdown is called once, when
 // containerd asks an empty shim to shut down.
-func NewService(ns string, log *slog.Logger, r *reaper.Reaper, events *Publisher, defaults *options.Options, onShutdown func()) *Service {
+func NewService(ns string, log *slog.Logger, r *reaper.Reaper, events *Publisher, defaults *Options, onShutdown func()) *Service {
 	return &Service{
 		ns: ns, log: log, reaper: r, events: events, defaults: defaults, onShutdown: onShutdown,
 		containers: make(map[string]*process.Container),
@@ -106,7 +106,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		s.mu.Unlock()
 	}()
 
-	rtCfg := runtimeConfig(opts, s.ns, r.Bundle)
+	rtCfg := runtimeConfig(opts.Runc, s.ns, r.Bundle)
 	if err := saveRuntimeConfig(r.Bundle, rtCfg); err != nil {
 		return nil, err
 	}
@@ -117,9 +117,9 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	c, err := process.Create(ctx, process.Config{
 		ID: r.ID, Bundle: r.Bundle, Namespace: s.ns, Rootfs: mounts, Checkpoint: r.Checkpoint,
 		Stdio:   process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
-		NoPivot: opts.NoPivotRoot, NoNewKeyring: opts.NoNewKeyring,
-		IoUID: int(opts.IoUid), IoGID: int(opts.IoGid),
-	}, process.Deps{Runtime: runtime.New(rtCfg, s.reaper), Reaper: s.reaper, Observer: s})
+		NoPivot: opts.Runc.NoPivotRoot, NoNewKeyring: opts.Runc.NoNewKeyring,
+		IoUID: int(opts.Runc.IoUid), IoGID: int(opts.Runc.IoGid), Output: opts.Output,
+	}, process.Deps{Runtime: runtime.New(rtCfg, s.reaper), Reaper: s.reaper, Observer: s, Log: s.log})
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,8 @@ import (
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/keel-shim/keel/process"
 )
 
 // The CRI plugin sends runc's Options only to runtime_type
@@ -19,16 +21,29 @@ import (
 // here is what lets an existing options block work unchanged when only
 // runtime_type is switched to io.containerd.keel.v2.
 
+// The same table carries Keel's own options, which runc's Options have no
+// field for:
+//
+//	OutputBufferSize = 4194304      # bytes per stream held while nobody reads a FIFO
+//	OutputBufferPolicy = "drop-oldest"  # or "block" (the default)
+const (
+	keyOutputBufferSize   = "outputbuffersize"
+	keyOutputBufferPolicy = "outputbufferpolicy"
+	maxOutputBufferSize   = 1 << 30
+)
+
 // runcOptionsFromTOML decodes the flat TOML table containerd marshals
 // (`BinaryName = "crun"`, `SystemdCgroup = true`, `IoUid = 1000`) into
-// runc's Options. Keys match field names in any case, with or without
-// underscores; an unknown key or a value of the wrong type is an error.
-func runcOptionsFromTOML(ro *runtimeoptions.Options) (*options.Options, error) {
+// runc's Options and Keel's output buffer. Keys match field names in any
+// case, with or without underscores; an unknown key or a value of the
+// wrong type is an error.
+func runcOptionsFromTOML(ro *runtimeoptions.Options) (*options.Options, process.OutputBuffer, error) {
+	var out process.OutputBuffer
 	body := ro.GetConfigBody()
 	if p := ro.GetConfigPath(); p != "" {
 		data, err := os.ReadFile(p)
 		if err != nil {
-			return nil, fmt.Errorf("runtime options file: %v: %w", err, errdefs.ErrInvalidArgument)
+			return nil, out, fmt.Errorf("runtime options file: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
 		body = data
 	}
@@ -46,20 +61,40 @@ func runcOptionsFromTOML(ro *runtimeoptions.Options) (*options.Options, error) {
 		}
 		key, raw, ok := strings.Cut(line, "=")
 		if !ok {
-			return nil, fmt.Errorf("runtime options line %d %q: want key = value: %w", n+1, line, errdefs.ErrInvalidArgument)
+			return nil, out, fmt.Errorf("runtime options line %d %q: want key = value: %w", n+1, line, errdefs.ErrInvalidArgument)
 		}
 		key, raw = strings.Trim(strings.TrimSpace(key), `"`), strings.TrimSpace(raw)
-		fd, ok := byKey[normalizeKey(key)]
-		if !ok {
-			return nil, fmt.Errorf("runtime options: unknown option %q: %w", key, errdefs.ErrInvalidArgument)
+		var err error
+		switch nk := normalizeKey(key); nk {
+		case keyOutputBufferSize:
+			out.Size, err = strconv.Atoi(raw)
+			if err != nil || out.Size < 0 || out.Size > maxOutputBufferSize {
+				err = fmt.Errorf("want a number of bytes up to %d", maxOutputBufferSize)
+			}
+		case keyOutputBufferPolicy:
+			var policy string
+			if policy, err = strconv.Unquote(raw); err == nil && policy != "block" && policy != "drop-oldest" {
+				err = fmt.Errorf(`want "block" or "drop-oldest"`)
+			}
+			out.DropOldest = policy == "drop-oldest"
+		default:
+			fd, ok := byKey[nk]
+			if !ok {
+				return nil, out, fmt.Errorf("runtime options: unknown option %q: %w", key, errdefs.ErrInvalidArgument)
+			}
+			var v protoreflect.Value
+			if v, err = tomlValue(fd, raw); err == nil {
+				m.Set(fd, v)
+			}
 		}
-		v, err := tomlValue(fd, raw)
 		if err != nil {
-			return nil, fmt.Errorf("runtime options: %s = %s: %v: %w", key, raw, err, errdefs.ErrInvalidArgument)
+			return nil, out, fmt.Errorf("runtime options: %s = %s: %v: %w", key, raw, err, errdefs.ErrInvalidArgument)
 		}
-		m.Set(fd, v)
 	}
-	return opts, nil
+	if out.DropOldest && out.Size == 0 {
+		return nil, out, fmt.Errorf("runtime options: OutputBufferPolicy = \"drop-oldest\" needs an OutputBufferSize: %w", errdefs.ErrInvalidArgument)
+	}
+	return opts, out, nil
 }
 
 func normalizeKey(k string) string {

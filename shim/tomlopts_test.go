@@ -11,6 +11,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	bootstrap "github.com/containerd/containerd/api/runtime/bootstrap/v1"
+
+	"github.com/keel-shim/keel/process"
 )
 
 // criOptions is what the CRI plugin sends a runtime whose runtime_type is
@@ -26,11 +28,11 @@ func TestRuntimeOptionsFromCRITOML(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts, err := runtimeOptions(a, nil)
+	o, err := runtimeOptions(a, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if opts.BinaryName != "/usr/bin/crun" || !opts.SystemdCgroup || opts.IoUid != 1000 || opts.IoGid != 1001 || opts.ShimCgroup != "/shims" {
+	if opts := o.Runc; opts.BinaryName != "/usr/bin/crun" || !opts.SystemdCgroup || opts.IoUid != 1000 || opts.IoGid != 1001 || opts.ShimCgroup != "/shims" {
 		t.Fatalf("decoded %v", opts)
 	}
 }
@@ -45,8 +47,23 @@ func TestRuntimeOptionsFromCRIConfigPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	opts, err := runtimeOptions(a, nil)
-	if err != nil || !opts.NoPivotRoot {
+	if err != nil || !opts.Runc.NoPivotRoot {
 		t.Fatalf("runtimeOptions = %v, %v; want NoPivotRoot", opts, err)
+	}
+}
+
+// TestOutputBufferFromTOML: Keel's own keys sit next to runc's.
+func TestOutputBufferFromTOML(t *testing.T) {
+	a, err := typeurl.MarshalAnyToProto(criOptions(t, "BinaryName = \"runc\"\nOutputBufferSize = 4194304\noutput_buffer_policy = \"drop-oldest\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := runtimeOptions(a, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Runc.BinaryName != "runc" || o.Output != (process.OutputBuffer{Size: 4 << 20, DropOldest: true}) {
+		t.Fatalf("decoded %v and %+v", o.Runc, o.Output)
 	}
 }
 
@@ -57,6 +74,10 @@ func TestRuntimeOptionsFromCRITOMLRejects(t *testing.T) {
 		"IoUid = -1",
 		"BinaryName = unquoted",
 		"just garbage",
+		"OutputBufferSize = -1",
+		"OutputBufferSize = 2147483648",
+		"OutputBufferPolicy = \"drop-newest\"",
+		"OutputBufferPolicy = \"drop-oldest\"", // without a size
 	} {
 		a, err := typeurl.MarshalAnyToProto(criOptions(t, body))
 		if err != nil {
