@@ -285,3 +285,78 @@ func TestFIFOReattachAfterRestart(t *testing.T) {
 		}
 	})
 }
+
+// TestExitsWhileContainerdAway: a container and an exec exit while
+// containerd is down for longer than containerd's shim retries events
+// (about 21 s). Once containerd is back, a subscriber that reconnected
+// hears each TaskExit exactly once, with its status; the container shows
+// STOPPED, and `ctr task rm` reports its status.
+func TestExitsWhileContainerdAway(t *testing.T) {
+	forEachVersion(t, func(t *testing.T, d *Daemon) {
+		gone := d.NewID("gone")
+		if _, err := d.Ctr(t, "run", "-d", "--runtime", d.Runtime, imageRef, gone, "sh", "-c", "sleep 2; exit 7"); err != nil {
+			t.Fatal(err)
+		}
+		keeper := d.NewID("keeper")
+		if _, err := d.Ctr(t, "run", "-d", "--runtime", d.Runtime, imageRef, keeper, "sleep", "1000"); err != nil {
+			t.Fatal(err)
+		}
+		d.WaitStatus(t, keeper, "RUNNING")
+		if _, err := d.Ctr(t, "task", "exec", "-d", "--exec-id", "late", keeper, "sh", "-c", "sleep 2; exit 5"); err != nil {
+			t.Fatal(err)
+		}
+		d.WaitStatus(t, gone, "RUNNING")
+
+		// While containerd is away, the exits wait on disk in the bundles.
+		spooled := make(chan string, 1)
+		go func() {
+			time.Sleep(10 * time.Second)
+			var missing []string
+			for _, id := range []string{gone, keeper} {
+				if files, _ := filepath.Glob(filepath.Join(d.BundleDir(id), "keel-events", "*tasks_exit.pb")); len(files) == 0 {
+					missing = append(missing, id)
+				}
+			}
+			spooled <- strings.Join(missing, ", ")
+		}()
+		d.Restart(t, true, 25*time.Second)
+		if m := <-spooled; m != "" {
+			t.Errorf("no exit event spooled in the bundle of %s while containerd was down", m)
+		}
+		w := d.WatchEvents(t)
+		isExit := func(container, id string) func(Event) bool {
+			return func(e Event) bool {
+				return e.Topic == "/tasks/exit" && e.str("container_id") == container && e.str("id") == id
+			}
+		}
+		if e := w.WaitFor(t, "the container's exit", isExit(gone, gone)); e.num("exit_status") != 7 {
+			t.Fatalf("the container's TaskExit has status %d, want 7:\n%s", e.num("exit_status"), w.dump())
+		}
+		if e := w.WaitFor(t, "the exec's exit", isExit(keeper, "late")); e.num("exit_status") != 5 {
+			t.Fatalf("the exec's TaskExit has status %d, want 5:\n%s", e.num("exit_status"), w.dump())
+		}
+		// Whatever would come twice comes within the shim's retry period.
+		time.Sleep(3 * time.Second)
+		for _, ex := range [][2]string{{gone, gone}, {keeper, "late"}} {
+			n := 0
+			for _, e := range w.Events() {
+				if isExit(ex[0], ex[1])(e) {
+					n++
+				}
+			}
+			if n != 1 {
+				t.Fatalf("%d TaskExit events for %s/%s, want exactly one:\n%s", n, ex[0], ex[1], w.dump())
+			}
+		}
+		for _, id := range []string{gone, keeper} {
+			if _, err := os.Stat(filepath.Join(d.BundleDir(id), "keel-events")); !os.IsNotExist(err) {
+				t.Errorf("%s: the spool is still there after delivery (%v)", id, err)
+			}
+		}
+		d.WaitStatus(t, gone, "STOPPED")
+		if status := d.TaskRm(t, gone); status != 7 {
+			t.Fatalf("task rm reports %d, want 7", status)
+		}
+		d.KillAndRemove(t, keeper)
+	})
+}

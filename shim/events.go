@@ -35,23 +35,40 @@ const (
 const (
 	forwardTimeout = 5 * time.Second
 	maxBackoff     = time.Second
+	// settleDelay is how long events that waited for containerd wait
+	// more once it answers again: clients that subscribe to its events
+	// (ctr events, Docker, chaos tests) reconnect after a restart, and
+	// an event sent in the first instant would reach none of them.
+	settleDelay = 2 * time.Second
 )
 
 // Publisher sends task events to containerd in the order they were
 // published, through one queue and one forwarder. Publish never blocks; an
-// event that cannot be delivered is retried, in order, until Close.
+// event that cannot be delivered is retried, in order, until Close, and
+// meanwhile kept on disk in its container's bundle (spool.go).
 type Publisher struct {
 	address string // containerd's ttrpc socket
 	ns      string
 	log     *slog.Logger
 
 	mu      sync.Mutex
-	queue   []*types.Envelope // guarded by mu
-	closing bool              // guarded by mu
-	wake    chan struct{}     // a slot: the forwarder has work
-	idle    chan struct{}     // closed when the forwarder has stopped
+	queue   []*pending    // guarded by mu
+	closing bool          // guarded by mu
+	wake    chan struct{} // a slot: the forwarder has work
+	idle    chan struct{} // closed when the forwarder has stopped
 
-	client *ttrpc.Client // owned by the forwarder
+	client  *ttrpc.Client // owned by the forwarder
+	failing bool          // owned by the forwarder: the last send failed
+}
+
+// pending is a queued event and where it is spooled, if it is.
+type pending struct {
+	env    *types.Envelope
+	bundle string // the container's bundle; "" for none
+
+	// Owned by the forwarder.
+	spoolTried bool
+	file       string // the spool file, once written
 }
 
 // NewPublisher starts forwarding to containerd's ttrpc address.
@@ -67,8 +84,9 @@ func NewPublisher(address, ns string, log *slog.Logger) *Publisher {
 	return p
 }
 
-// Publish queues an event. It is safe to call under any lock.
-func (p *Publisher) Publish(topic string, event proto.Message) {
+// Publish queues an event about the container whose bundle is given. It is
+// safe to call under any lock.
+func (p *Publisher) Publish(bundle, topic string, event proto.Message) {
 	if p.address == "" {
 		return // no containerd to tell (a shim started by hand)
 	}
@@ -84,7 +102,7 @@ func (p *Publisher) Publish(topic string, event proto.Message) {
 		p.log.Warn("event after shutdown dropped", "topic", topic)
 		return
 	}
-	p.queue = append(p.queue, env)
+	p.queue = append(p.queue, &pending{env: env, bundle: bundle})
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
@@ -108,7 +126,7 @@ func (p *Publisher) Close(timeout time.Duration) {
 		lost := len(p.queue)
 		p.queue = nil
 		p.mu.Unlock()
-		p.log.Error("events undelivered at shutdown", "count", lost)
+		p.log.Error("events undelivered at shutdown, left in their bundles", "count", lost, "dir", spoolDirName)
 	}
 }
 
@@ -117,7 +135,7 @@ func (p *Publisher) forward() {
 	backoff := 10 * time.Millisecond
 	for {
 		p.mu.Lock()
-		var head *types.Envelope
+		var head *pending
 		if len(p.queue) > 0 {
 			head = p.queue[0]
 		}
@@ -131,9 +149,13 @@ func (p *Publisher) forward() {
 			<-p.wake
 			continue
 		}
-		if err := p.send(head); err != nil {
-			p.log.Warn("forward event", "topic", head.Topic, "error", err)
+		if err := p.send(head.env); err != nil {
+			if !p.failing {
+				p.log.Warn("forward event; retrying, spooled in the bundle", "topic", head.env.Topic, "error", err)
+			}
+			p.failing = true
 			p.closeClient()
+			p.spoolQueued()
 			time.Sleep(backoff)
 			backoff = min(backoff*2, maxBackoff)
 			continue
@@ -145,9 +167,12 @@ func (p *Publisher) forward() {
 			p.queue = p.queue[1:]
 		}
 		p.mu.Unlock()
+		unspool(head)
 	}
 }
 
+// send forwards env to containerd, connecting first if need be. After a
+// failure, a new connection waits settleDelay before the first send.
 func (p *Publisher) send(env *types.Envelope) error {
 	if p.client == nil {
 		conn, err := net.DialTimeout("unix", p.address, forwardTimeout)
@@ -155,6 +180,10 @@ func (p *Publisher) send(env *types.Envelope) error {
 			return err
 		}
 		p.client = ttrpc.NewClient(conn)
+		if p.failing {
+			time.Sleep(settleDelay)
+			p.failing = false
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
 	defer cancel()

@@ -54,6 +54,9 @@ const (
 	// eventFlushTimeout bounds how long a stopping shim tries to deliver
 	// the events it still owes.
 	eventFlushTimeout = 30 * time.Second
+	// spoolReplayTimeout bounds how long `delete` tries to deliver what a
+	// dead shim left undelivered: containerd waits for it.
+	spoolReplayTimeout = 2 * time.Second
 )
 
 // Start launches the shim daemon for the group of f.ID, or finds the one
@@ -276,6 +279,9 @@ func Delete(f Flags, stdout, stderr io.Writer) error {
 		return err
 	}
 	removeStaleSocket(bundle)
+	if err := replaySpool(os.Getenv("TTRPC_ADDRESS"), f.Namespace, bundle, f.ID, spoolReplayTimeout); err != nil {
+		fmt.Fprintf(stderr, "keel: %v\n", err)
+	}
 	// The init's real exit if the dead shim recorded one; otherwise the
 	// force-delete above killed it.
 	resp := &taskapi.DeleteResponse{ExitedAt: timestamppb.Now(), ExitStatus: 128 + uint32(syscall.SIGKILL)}

@@ -127,7 +127,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
-	s.events.Publish(TopicCreate, &eventstypes.TaskCreate{
+	s.events.Publish(r.Bundle, TopicCreate, &eventstypes.TaskCreate{
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Checkpoint: r.Checkpoint, Pid: uint32(pid),
 		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 	})
@@ -151,10 +151,10 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 func (s *Service) Started(c *process.Container, p *process.Process, st process.Status) {
 	pid := uint32(st.Pid)
 	if p.IsInit() {
-		s.events.Publish(TopicStart, &eventstypes.TaskStart{ContainerID: c.ID, Pid: pid})
+		s.events.Publish(c.Bundle, TopicStart, &eventstypes.TaskStart{ContainerID: c.ID, Pid: pid})
 		return
 	}
-	s.events.Publish(TopicExecStarted, &eventstypes.TaskExecStarted{ContainerID: c.ID, ExecID: p.ExecID, Pid: pid})
+	s.events.Publish(c.Bundle, TopicExecStarted, &eventstypes.TaskExecStarted{ContainerID: c.ID, ExecID: p.ExecID, Pid: pid})
 }
 
 // Exited publishes a TaskExit. The process package calls it for the init
@@ -164,7 +164,7 @@ func (s *Service) Exited(c *process.Container, p *process.Process, st process.St
 	if p.IsInit() {
 		id = c.ID
 	}
-	s.events.Publish(TopicExit, &eventstypes.TaskExit{
+	s.events.Publish(c.Bundle, TopicExit, &eventstypes.TaskExit{
 		ContainerID: c.ID, ID: id, Pid: uint32(st.Pid),
 		ExitStatus: uint32(st.ExitStatus), ExitedAt: timestamppb.New(st.ExitedAt),
 	})
@@ -185,7 +185,8 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 		s.mu.Lock()
 		delete(s.containers, r.ID)
 		s.mu.Unlock()
-		s.events.Publish(TopicDelete, &eventstypes.TaskDelete{
+		// Not spooled: containerd removes the bundle once Delete returns.
+		s.events.Publish("", TopicDelete, &eventstypes.TaskDelete{
 			ContainerID: r.ID, Pid: resp.Pid, ExitStatus: resp.ExitStatus, ExitedAt: resp.ExitedAt,
 		})
 		s.log.Info("deleted", "id", r.ID)
@@ -208,7 +209,7 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 	if _, err := c.AddExec(r.ExecID, r.Spec.Value, stdio); err != nil {
 		return nil, err
 	}
-	s.events.Publish(TopicExecAdded, &eventstypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
+	s.events.Publish(c.Bundle, TopicExecAdded, &eventstypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
 	return empty, nil
 }
 
@@ -304,7 +305,7 @@ func (s *Service) freeze(ctx context.Context, id string, op func(*process.Proces
 	if err := op(c.Init(), ctx); err != nil {
 		return nil, err
 	}
-	s.events.Publish(topic, event)
+	s.events.Publish(c.Bundle, topic, event)
 	return empty, nil
 }
 
@@ -417,7 +418,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskReque
 	if err != nil {
 		return nil, fmt.Errorf("%w (CRIU's log: %s)", err, filepath.Join(workPath, "dump.log"))
 	}
-	s.events.Publish(TopicCheckpoint, &eventstypes.TaskCheckpointed{ContainerID: r.ID, Checkpoint: imagePath})
+	s.events.Publish(c.Bundle, TopicCheckpoint, &eventstypes.TaskCheckpointed{ContainerID: r.ID, Checkpoint: imagePath})
 	return empty, nil
 }
 
@@ -456,6 +457,6 @@ func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.
 
 // OOM publishes a TaskOOM when the kernel's OOM killer acted in c.
 func (s *Service) OOM(c *process.Container) {
-	s.events.Publish(TopicOOM, &eventstypes.TaskOOM{ContainerID: c.ID})
+	s.events.Publish(c.Bundle, TopicOOM, &eventstypes.TaskOOM{ContainerID: c.ID})
 	s.log.Info("oom", "id", c.ID)
 }

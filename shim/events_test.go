@@ -1,0 +1,174 @@
+//go:build linux
+
+package shim
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// fakeEvents is containerd's event service, recording what it is sent.
+type fakeEvents struct {
+	mu     sync.Mutex
+	topics []string
+}
+
+func (f *fakeEvents) Forward(_ context.Context, r *eventsapi.ForwardRequest) (*emptypb.Empty, error) {
+	ev, err := typeurl.UnmarshalAny(r.GetEnvelope().GetEvent())
+	if err != nil {
+		return nil, err
+	}
+	name := r.GetEnvelope().GetTopic()
+	if e, ok := ev.(*eventstypes.TaskExit); ok {
+		name += ":" + e.ID
+	}
+	f.mu.Lock()
+	f.topics = append(f.topics, name)
+	f.mu.Unlock()
+	return &emptypb.Empty{}, nil
+}
+
+func (f *fakeEvents) seen() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.topics...)
+}
+
+// serveEvents starts a fake containerd event service on path.
+func serveEvents(t *testing.T, path string) *fakeEvents {
+	t.Helper()
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeEvents{}
+	eventsapi.RegisterTTRPCEventsService(srv, f)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(context.Background(), l)
+	t.Cleanup(func() { srv.Close() })
+	return f
+}
+
+func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestPublisherSpoolsWhileAway: events published while containerd is away
+// wait in the bundle, one file each, and are delivered in order, once, when
+// it is back; then the spool is gone.
+func TestPublisherSpoolsWhileAway(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "containerd.sock.ttrpc")
+	bundle := filepath.Join(dir, "c1")
+	if err := os.Mkdir(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p := NewPublisher(sock, "ns", discardLog())
+	p.Publish(bundle, TopicStart, &eventstypes.TaskStart{ContainerID: "c1", Pid: 1})
+	p.Publish(bundle, TopicExit, &eventstypes.TaskExit{ContainerID: "c1", ID: "e1"})
+	p.Publish(bundle, TopicExit, &eventstypes.TaskExit{ContainerID: "c1", ID: "c1"})
+	waitUntil(t, "three spooled events", 5*time.Second, func() bool { return len(spooled(bundle)) == 3 })
+
+	f := serveEvents(t, sock)
+	want := []string{TopicStart, TopicExit + ":e1", TopicExit + ":c1"}
+	waitUntil(t, "delivery", 10*time.Second, func() bool { return len(f.seen()) >= len(want) })
+	p.Close(5 * time.Second)
+	if got := f.seen(); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("delivered %v, want %v", got, want)
+	}
+	if _, err := os.Stat(filepath.Join(bundle, spoolDirName)); !os.IsNotExist(err) {
+		t.Fatalf("spool left after delivery: %v", err)
+	}
+}
+
+// TestPublisherNoBundleNoSpool: an event without a bundle is never written
+// anywhere, and a bundle that is gone is not made again.
+func TestPublisherNoBundleNoSpool(t *testing.T) {
+	dir := t.TempDir()
+	gone := filepath.Join(dir, "gone")
+	p := NewPublisher(filepath.Join(dir, "nobody.sock"), "ns", discardLog())
+	p.Publish("", TopicDelete, &eventstypes.TaskDelete{ContainerID: "c1"})
+	p.Publish(gone, TopicExit, &eventstypes.TaskExit{ContainerID: "c1"})
+	time.Sleep(300 * time.Millisecond)
+	p.Close(100 * time.Millisecond)
+	if _, err := os.Stat(gone); !os.IsNotExist(err) {
+		t.Fatalf("a removed bundle was made again: %v", err)
+	}
+}
+
+// TestReplaySpool: what a dead shim left is forwarded by `delete`, except
+// the init's exit and delete, which containerd publishes itself; without
+// containerd the error names what is lost.
+func TestReplaySpool(t *testing.T) {
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "c1")
+	if err := os.Mkdir(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	write := func() {
+		for _, ev := range []struct {
+			topic string
+			event any
+		}{
+			{TopicExit, &eventstypes.TaskExit{ContainerID: "c1", ID: "e1", ExitStatus: 5}},
+			{TopicOOM, &eventstypes.TaskOOM{ContainerID: "c1"}},
+			{TopicExit, &eventstypes.TaskExit{ContainerID: "c1", ID: "c1", ExitStatus: 7}},
+			{TopicDelete, &eventstypes.TaskDelete{ContainerID: "c1"}},
+		} {
+			a, err := typeurl.MarshalAnyToProto(ev.event)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := spool(bundle, &types.Envelope{Timestamp: timestamppb.Now(), Namespace: "ns", Topic: ev.topic, Event: a}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	write()
+	err := replaySpool(filepath.Join(dir, "nobody.sock"), "ns", bundle, "c1", 200*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "2 events") || !strings.Contains(err.Error(), TopicOOM) {
+		t.Fatalf("replay without containerd: %v; want the exec exit and the OOM named as lost", err)
+	}
+	if _, err := os.Stat(filepath.Join(bundle, spoolDirName)); !os.IsNotExist(err) {
+		t.Fatalf("spool left after replay: %v", err)
+	}
+
+	write()
+	sock := filepath.Join(dir, "containerd.sock.ttrpc")
+	f := serveEvents(t, sock)
+	if err := replaySpool("unix://"+sock, "ns", bundle, "c1", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(f.seen(), " "), TopicExit+":e1 "+TopicOOM; got != want {
+		t.Fatalf("replayed %q, want %q", got, want)
+	}
+}
