@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,6 +15,38 @@ import (
 // spliceChunk is the most one splice call moves: a pipe holds 64 KiB by
 // default, so this never limits a call in practice.
 const spliceChunk = 1 << 20
+
+// A process that writes a few kilobytes at a time as fast as it can (busy
+// loggers, `head`, `cat`) would wake the shim, and the shim its reader, for
+// every write: on a small machine the three then spend their time switching
+// instead of copying. When moves of less than coalesceBelow come within
+// trickleGap of each other, the copier naps for coalesceNap before the next
+// one, so that it moves what several writes left. A process that writes now
+// and then never waits; a stream's latency grows by at most the nap.
+const (
+	coalesceBelow = 16 << 10
+	trickleGap    = 200 * time.Microsecond
+	coalesceNap   = 100 * time.Microsecond
+)
+
+// trickle detects a fast stream of small writes.
+type trickle struct{ lastSmall time.Time }
+
+// nap waits coalesceNap if the last move was small and recent. It blocks
+// the thread, not just the goroutine: Go's timers are not this fine.
+func (t *trickle) nap() {
+	if !t.lastSmall.IsZero() && time.Since(t.lastSmall) < trickleGap {
+		_ = unix.Nanosleep(&unix.Timespec{Nsec: coalesceNap.Nanoseconds()}, nil)
+	}
+}
+
+func (t *trickle) moved(n int64) {
+	if n < coalesceBelow {
+		t.lastSmall = time.Now()
+	} else {
+		t.lastSmall = time.Time{}
+	}
+}
 
 // bufPool holds copy buffers for the paths splice cannot take, so that
 // idle processes hold none.
@@ -24,30 +57,60 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 var fileBufPool = sync.Pool{New: func() any { b := make([]byte, 128<<10); return &b }}
 
 // copyStream copies src to dst until src ends. From a pipe into a pipe or
-// FIFO it splices, so the bytes never enter user space; into a file, or
-// where the kernel refuses splice (a terminal), it copies through a
-// pooled buffer.
+// FIFO it splices, so the bytes never enter user space; into a file it
+// reads into a pooled buffer and writes (measured faster than splice(2)
+// into files with containers' small writes, make bench); where the kernel
+// refuses splice (a terminal) it copies through a pooled buffer.
 // Both files stay in Go's poller: no OS thread blocks per stream.
 func copyStream(dst, src *os.File) (int64, error) {
-	var n int64
-	if !isRegular(dst) {
-		// Into a file, write(2) from a buffer measured faster than
-		// splice(2) with containers' small writes (make bench); into a
-		// pipe or FIFO, splice costs less CPU.
-		var err error
-		n, err = splice(dst, src)
-		if !errors.Is(err, errNoSplice) {
-			return n, err
-		}
-	}
-	pool := &bufPool
 	if isRegular(dst) {
-		pool = &fileBufPool
+		return copyToFile(dst, src)
 	}
-	buf := pool.Get().(*[]byte)
-	defer pool.Put(buf)
+	n, err := splice(dst, src)
+	if !errors.Is(err, errNoSplice) {
+		return n, err
+	}
+	buf := bufPool.Get().(*[]byte)
+	defer bufPool.Put(buf)
 	m, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *buf)
 	return n + m, err
+}
+
+// copyToFile reads src as it becomes readable, coalescing small writes,
+// and writes what it read into dst.
+func copyToFile(dst, src *os.File) (int64, error) {
+	srcRC, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	buf := fileBufPool.Get().(*[]byte)
+	defer fileBufPool.Put(buf)
+	var total int64
+	var t trickle
+	for {
+		var n int
+		var rerr error
+		err := srcRC.Read(func(fd uintptr) bool {
+			t.nap()
+			n, rerr = unix.Read(int(fd), *buf)
+			return rerr != unix.EAGAIN
+		})
+		switch {
+		case err != nil:
+			return total, err
+		case rerr == unix.EINTR:
+			continue
+		case rerr != nil:
+			return total, rerr
+		case n == 0:
+			return total, nil // EOF
+		}
+		t.moved(int64(n))
+		if _, err := dst.Write((*buf)[:n]); err != nil {
+			return total, err
+		}
+		total += int64(n)
+	}
 }
 
 // onlyReader and onlyWriter hide *os.File's ReadFrom/WriteTo so that
@@ -69,18 +132,26 @@ func splice(dst, src *os.File) (int64, error) {
 		return 0, errNoSplice
 	}
 	var total int64
+	var t trickle
 	for {
 		var n int64
 		var serr error
 		dstFull := false
 		rerr := srcRC.Read(func(sfd uintptr) bool {
+			t.nap()
 			// dst's fd is used only inside Control, which holds a
 			// reference on it: a dst closed meanwhile (Delete) fails
 			// the call instead of its fd number, reused by another
 			// open, receiving this container's output.
 			cerr := dstRC.Control(func(dfd uintptr) {
 				n, serr = unix.Splice(int(sfd), nil, int(dfd), nil, spliceChunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-				if serr == unix.EAGAIN && !ready(int(dfd), unix.POLLOUT) {
+				// EAGAIN: src was empty or dst was full. Tell them
+				// apart by src, which only this copier drains: had
+				// it data, waiting for more could wait forever (a
+				// writer blocked on a full src writes nothing more),
+				// so wait for dst instead, even if its reader has
+				// made room since.
+				if serr == unix.EAGAIN && ready(int(sfd), unix.POLLIN) {
 					dstFull = true
 				}
 			})
@@ -114,6 +185,7 @@ func splice(dst, src *os.File) (int64, error) {
 			return total, nil // EOF
 		}
 		total += n
+		t.moved(n)
 	}
 }
 

@@ -223,3 +223,52 @@ func testReaper(t *testing.T) *reaper.Reaper {
 	}
 	return sharedReaper
 }
+
+// TestCopyStreamBigWritesSmallReads: a writer that fills the source pipe
+// with every write (dd bs=1M) and a reader that takes a little at a time,
+// so that the copy keeps finding dst full. The copy must never wait for
+// more input while the source still holds some: the writer, blocked on the
+// full pipe, would never add any (make bench's dd run hung on that once,
+// when the reader made room between splice's EAGAIN and the check of dst;
+// this test rarely hits that window, but covers the rest of the pattern).
+func TestCopyStreamBigWritesSmallReads(t *testing.T) {
+	data := payload(t)
+	for round := 0; round < 20; round++ {
+		src := feed(t, data)
+		outR, outW, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan int, 1)
+		go func() {
+			buf := make([]byte, 4096)
+			n := 0
+			for {
+				m, err := outR.Read(buf)
+				n += m
+				if err != nil {
+					break
+				}
+			}
+			got <- n
+		}()
+		done := make(chan error, 1)
+		go func() {
+			_, err := copyStream(outW, src)
+			outW.Close()
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("round %d: the copy stalled", round)
+		}
+		if n := <-got; n != len(data) {
+			t.Fatalf("round %d: read %d bytes, want %d", round, n, len(data))
+		}
+		outR.Close()
+	}
+}
