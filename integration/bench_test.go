@@ -114,35 +114,54 @@ func BenchmarkStartExit(b *testing.B) {
 // gib is what the stdout benchmarks write: exactly 1 GiB.
 const gib = 1 << 30
 
-// BenchmarkStdout has a container write 1 GiB to its stdout
-// (`head -c 1073741824 /dev/zero`), which the shim copies
+// BenchmarkStdout has a container write 1 GiB to its stdout, which the
+// shim copies
 //
 //   - file: to a file:// log URI (the file must end up exactly 1 GiB),
 //   - fifo: into the FIFOs the benchmark reads itself through the containerd
 //     Go client (it must read exactly 1 GiB).
 //
+// Two writers: busybox `head -c`, which writes 4 KiB at a time, as busy
+// loggers do, and spends a core of its own doing so; and `dd bs=1M` (the
+// "-1m" runs), which writes 1 MiB at a time at little cost, so that the
+// shims' copying is what limits the rate.
+//
 // It reports MB/s (1e6 bytes/s, as Go's own MB/s) over the wall time from
 // task start until the exit status and all the data have arrived, the shim's
 // CPU time (utime+stime of the shim process over that interval, read before
-// the task is deleted since the shim exits then) and the shim's peak RSS.
+// the task is deleted since the shim exits then), the shim's peak RSS, and
+// the context switches of the shim and of the whole machine, in thousands.
 func BenchmarkStdout(b *testing.B) {
+	writers := []struct {
+		suffix string
+		args   []string
+	}{
+		{"", []string{"head", "-c", strconv.Itoa(gib), "/dev/zero"}},
+		{"-1m", []string{"dd", "if=/dev/zero", "bs=1048576", "count=" + strconv.Itoa(gib>>20), "status=none"}},
+	}
 	forEachBenchVersion(b, func(b *testing.B, d *Daemon, rts []benchRuntime) {
 		c, ctx := d.Client(b)
-		for _, mode := range []string{"file", "fifo"} {
-			b.Run(mode, func(b *testing.B) {
-				alternate(b, rts, func(b *testing.B, rt benchRuntime) {
-					var mbps, cpu, hwm []float64
-					for b.Loop() {
-						r := d.stdoutGiB(ctx, b, c, rt, mode)
-						mbps = append(mbps, gib/1e6/r.wall.Seconds())
-						cpu = append(cpu, r.cpu)
-						hwm = append(hwm, r.hwm)
-					}
-					b.ReportMetric(median(mbps), "MB/s")
-					b.ReportMetric(median(cpu), "shim-cpu-s/GiB")
-					b.ReportMetric(median(hwm), "shim-maxrss-kB")
+		for _, w := range writers {
+			for _, mode := range []string{"file", "fifo"} {
+				b.Run(mode+w.suffix, func(b *testing.B) {
+					alternate(b, rts, func(b *testing.B, rt benchRuntime) {
+						var mbps, cpu, hwm, shimSw, allSw []float64
+						for b.Loop() {
+							r := d.stdoutGiB(ctx, b, c, rt, mode, w.args)
+							mbps = append(mbps, gib/1e6/r.wall.Seconds())
+							cpu = append(cpu, r.cpu)
+							hwm = append(hwm, r.hwm)
+							shimSw = append(shimSw, r.shimSwitches/1e3)
+							allSw = append(allSw, r.allSwitches/1e3)
+						}
+						b.ReportMetric(median(mbps), "MB/s")
+						b.ReportMetric(median(cpu), "shim-cpu-s/GiB")
+						b.ReportMetric(median(hwm), "shim-maxrss-kB")
+						b.ReportMetric(median(shimSw), "shim-kcsw/GiB")
+						b.ReportMetric(median(allSw), "all-kcsw/GiB")
+					})
 				})
-			})
+			}
 		}
 	})
 }
@@ -151,6 +170,8 @@ type stdoutResult struct {
 	wall time.Duration
 	cpu  float64 // shim CPU seconds from task start to the end
 	hwm  float64 // shim VmHWM, kB
+
+	shimSwitches, allSwitches float64 // context switches: the shim's, the machine's
 }
 
 // countingWriter counts what it is given and closes full once it has had
@@ -168,7 +189,7 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (d *Daemon) stdoutGiB(ctx context.Context, b *testing.B, c *containerd.Client, rt benchRuntime, mode string) stdoutResult {
+func (d *Daemon) stdoutGiB(ctx context.Context, b *testing.B, c *containerd.Client, rt benchRuntime, mode string, args []string) stdoutResult {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
@@ -181,7 +202,7 @@ func (d *Daemon) stdoutGiB(ctx context.Context, b *testing.B, c *containerd.Clie
 		containerd.WithImage(img),
 		containerd.WithNewSnapshot(id, img),
 		containerd.WithRuntime(rt.Runtime, nil),
-		containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs("head", "-c", strconv.Itoa(gib), "/dev/zero")))
+		containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs(args...)))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -222,6 +243,10 @@ func (d *Daemon) stdoutGiB(ctx context.Context, b *testing.B, c *containerd.Clie
 	if err != nil {
 		b.Fatal(err)
 	}
+	sw0, all0, err := ctxSwitches(shim)
+	if err != nil {
+		b.Fatal(err)
+	}
 
 	start := time.Now()
 	if err := task.Start(ctx); err != nil {
@@ -234,7 +259,7 @@ func (d *Daemon) stdoutGiB(ctx context.Context, b *testing.B, c *containerd.Clie
 		b.Fatalf("%s: no exit within 5 minutes", rt.Name)
 	}
 	if code, _, err := st.Result(); err != nil || code != 0 {
-		b.Fatalf("%s: head exited with %d (%v)", rt.Name, code, err)
+		b.Fatalf("%s: %s exited with %d (%v)", rt.Name, args[0], code, err)
 	}
 	// Keel publishes the exit after the output is copied; a shim that does
 	// not may still be copying, so the end is when both have arrived.
@@ -265,6 +290,10 @@ func (d *Daemon) stdoutGiB(ctx context.Context, b *testing.B, c *containerd.Clie
 	if err != nil {
 		b.Fatal(err)
 	}
+	sw1, all1, err := ctxSwitches(shim)
+	if err != nil {
+		b.Fatal(err)
+	}
 	status, err := procKB(fmt.Sprintf("/proc/%d/status", shim), "VmHWM")
 	if err != nil {
 		b.Fatal(err)
@@ -289,5 +318,5 @@ func (d *Daemon) stdoutGiB(ctx context.Context, b *testing.B, c *containerd.Clie
 			b.Fatalf("%s: read %d bytes, want exactly %d", rt.Name, n, gib)
 		}
 	}
-	return stdoutResult{wall: wall, cpu: cpu1 - cpu0, hwm: status["VmHWM"]}
+	return stdoutResult{wall: wall, cpu: cpu1 - cpu0, hwm: status["VmHWM"], shimSwitches: float64(sw1 - sw0), allSwitches: float64(all1 - all0)}
 }

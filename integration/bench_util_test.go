@@ -213,6 +213,33 @@ func procKB(path string, keys ...string) (map[string]float64, error) {
 }
 
 // cpuSeconds is utime+stime of every thread of pid (not of its children).
+// ctxSwitches is the number of context switches of pid's threads, and of
+// the whole machine (/proc/stat's ctxt): a copy that wakes its reader or
+// its writer for every few kilobytes shows there first.
+func ctxSwitches(pid int) (shim, all int, err error) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	if err != nil || len(tasks) == 0 {
+		return 0, 0, fmt.Errorf("no threads of %d: %v", pid, err)
+	}
+	for _, t := range tasks {
+		kv, err := procKB(t, "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+		if err != nil {
+			return 0, 0, err
+		}
+		shim += int(kv["voluntary_ctxt_switches"] + kv["nonvoluntary_ctxt_switches"])
+	}
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(stat), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "ctxt" {
+			all, err = strconv.Atoi(f[1])
+		}
+	}
+	return shim, all, err
+}
+
 func cpuSeconds(pid int) (float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {

@@ -27,7 +27,7 @@ const DefaultBusybox = "/usr/bin/busybox"
 var Applets = []string{
 	"sh", "echo", "cat", "sleep", "ls", "ps", "top", "true", "false", "env",
 	"id", "pwd", "kill", "touch", "mkdir", "rm", "wc", "head", "grep",
-	"hostname", "test", "uname", "date", "readlink", "stat",
+	"hostname", "test", "uname", "date", "readlink", "stat", "dd",
 }
 
 var dirs = []string{"bin", "dev", "etc", "proc", "root", "sys", "tmp"}
