@@ -144,9 +144,9 @@ func TestStressGroupCycles(t *testing.T) {
 		heldAfterGC := fdSummary(shim)
 		t.Logf("%d grouped container cycles in %s: before %v; after %v", cycles, took.Round(time.Second), before, after)
 		t.Logf("the shim's fds after the cycles: %s; after its garbage collection: %s", heldBeforeGC, heldAfterGC)
-		// A leak per container would show as hundreds of fds;
-		// containerd's connections to the shim account for a few.
-		if after.fds > before.fds+10 || after.goroutines > before.goroutines {
+		// A leak per container would show as hundreds of fds; a slack of 3
+		// covers containerd's connections (16 before and after in CI runs).
+		if after.fds > before.fds+3 || after.goroutines > before.goroutines {
 			hint := ""
 			if strings.Contains(heldBeforeGC, reapedPidfd) {
 				hint = " (" + reapedPidfd + ": an os.Process handle of a runtime or logger process that the shim's reaper reaped, which cmd.Wait, failing with ECHILD, does not release: only a garbage collection closes it)"

@@ -115,9 +115,10 @@ func TestStressExecCycles(t *testing.T) {
 		}
 		after := d.shimUsage(t, shim)
 		t.Logf("1000 exec cycles in %s: before %v; after %v", time.Since(start).Round(time.Second), before, after)
-		// A leak per exec would show as hundreds of fds; containerd's
-		// connections to the shim account for a few either way.
-		if after.fds > before.fds+10 || after.goroutines > before.goroutines {
+		// A leak per exec would show as hundreds of fds; the least of
+		// several samples filters containerd's connections coming and
+		// going (25 before and after in CI runs), so a slack of 3 is enough.
+		if after.fds > before.fds+3 || after.goroutines > before.goroutines {
 			t.Fatalf("leak after 1000 execs: before %v, after %v", before, after)
 		}
 		// Live heap, after a GC, is what a leak grows; RSS also holds
