@@ -57,8 +57,10 @@ type Publisher struct {
 	wake    chan struct{} // a slot: the forwarder has work
 	idle    chan struct{} // closed when the forwarder has stopped
 
-	client  *ttrpc.Client // owned by the forwarder
-	failing bool          // owned by the forwarder: the last send failed
+	// Owned by the forwarder.
+	client   *ttrpc.Client
+	failing  bool   // the last send failed
+	spoolSeq uint64 // numbers spool files in publishing order
 }
 
 // pending is a queued event and where it is spooled, if it is.

@@ -134,7 +134,7 @@ func TestReplaySpool(t *testing.T) {
 		t.Fatal(err)
 	}
 	write := func() {
-		for _, ev := range []struct {
+		for i, ev := range []struct {
 			topic string
 			event any
 		}{
@@ -147,7 +147,7 @@ func TestReplaySpool(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := spool(bundle, &types.Envelope{Timestamp: timestamppb.Now(), Namespace: "ns", Topic: ev.topic, Event: a}); err != nil {
+			if _, err := spool(bundle, &types.Envelope{Timestamp: timestamppb.Now(), Namespace: "ns", Topic: ev.topic, Event: a}, uint64(i)); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
@@ -31,10 +30,6 @@ import (
 // spoolDirName is the directory in a bundle that holds undelivered events.
 const spoolDirName = "keel-events"
 
-// spoolSeq orders spool files of one shim; names start with the event's
-// time, so files of a shim that came before sort first.
-var spoolSeq atomic.Uint64
-
 // spoolQueued writes each queued event not yet on disk to its bundle.
 func (p *Publisher) spoolQueued() {
 	p.mu.Lock()
@@ -45,7 +40,8 @@ func (p *Publisher) spoolQueued() {
 			continue
 		}
 		e.spoolTried = true
-		file, err := spool(e.bundle, e.env)
+		p.spoolSeq++
+		file, err := spool(e.bundle, e.env, p.spoolSeq)
 		if err != nil {
 			p.log.Warn("spool event", "topic", e.env.Topic, "error", err)
 			continue
@@ -54,9 +50,10 @@ func (p *Publisher) spoolQueued() {
 	}
 }
 
-// spool writes env into bundle's spool directory. It does not create the
-// bundle: one containerd removed (after Delete) gets nothing.
-func spool(bundle string, env *types.Envelope) (string, error) {
+// spool writes env into bundle's spool directory, named by seq, so that
+// the files sort in the queue's order (one shim serves a bundle). It does
+// not create the bundle: one containerd removed (after Delete) gets nothing.
+func spool(bundle string, env *types.Envelope, seq uint64) (string, error) {
 	dir := filepath.Join(bundle, spoolDirName)
 	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
 		return "", err
@@ -65,8 +62,7 @@ func spool(bundle string, env *types.Envelope) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	name := fmt.Sprintf("%020d-%06d%s.pb", env.GetTimestamp().AsTime().UnixNano(), spoolSeq.Add(1)%1e6,
-		strings.ReplaceAll(env.GetTopic(), "/", "_"))
+	name := fmt.Sprintf("%020d%s.pb", seq, strings.ReplaceAll(env.GetTopic(), "/", "_"))
 	file := filepath.Join(dir, name)
 	tmp := file + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
