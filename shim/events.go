@@ -189,8 +189,13 @@ func (p *Publisher) send(env *types.Envelope) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
 	defer cancel()
-	ctx = ttrpc.WithMetadata(ctx, ttrpc.MD{"containerd-namespace-ttrpc": []string{p.ns}})
-	_, err := eventsapi.NewTTRPCEventsClient(p.client).Forward(ctx, &eventsapi.ForwardRequest{Envelope: env})
+	return forward(ctx, p.client, p.ns, env)
+}
+
+// forward sends one envelope to containerd's event service, in namespace ns.
+func forward(ctx context.Context, client *ttrpc.Client, ns string, env *types.Envelope) error {
+	ctx = ttrpc.WithMetadata(ctx, ttrpc.MD{"containerd-namespace-ttrpc": []string{ns}})
+	_, err := eventsapi.NewTTRPCEventsClient(client).Forward(ctx, &eventsapi.ForwardRequest{Envelope: env})
 	return err
 }
 

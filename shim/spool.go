@@ -13,7 +13,6 @@ import (
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
-	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
@@ -104,11 +103,8 @@ func replaySpool(address, ns, bundle, id string, timeout time.Duration) error {
 		if ownedByContainerd(env, id) {
 			continue
 		}
-		if client != nil {
-			fctx := ttrpc.WithMetadata(ctx, ttrpc.MD{"containerd-namespace-ttrpc": []string{ns}})
-			if _, err := eventsapi.NewTTRPCEventsClient(client).Forward(fctx, &eventsapi.ForwardRequest{Envelope: env}); err == nil {
-				continue
-			}
+		if client != nil && forward(ctx, client, ns, env) == nil {
+			continue
 		}
 		lost = append(lost, env.GetTopic())
 	}
