@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -93,7 +94,10 @@ func (c *Cgroup) file(controller, name string) string {
 	return filepath.Join(c.v1[controller], name)
 }
 
-// readUint reads a file holding one number; "max" reads as 0 (no limit).
+// readUint reads a file holding one number. "max" (no limit: v2 limits,
+// and v1 pids.max) reads as math.MaxUint64, as cgroups/v3's cgroup2 reports
+// it: the CRI computes available memory as limit - usage, and 0 would also
+// be taken for a real limit of 0 (pids.max can be 0).
 func readUint(path string) (uint64, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -101,7 +105,7 @@ func readUint(path string) (uint64, error) {
 	}
 	s := strings.TrimSpace(string(data))
 	if s == "max" {
-		return 0, nil
+		return math.MaxUint64, nil
 	}
 	return strconv.ParseUint(s, 10, 64)
 }

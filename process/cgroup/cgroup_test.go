@@ -3,6 +3,7 @@
 package cgroup
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -85,7 +86,7 @@ func TestStatsV2(t *testing.T) {
 		got, want uint64
 	}{
 		{"pids.current", m.Pids.Current, 3},
-		{"pids.max (max means no limit)", m.Pids.Limit, 0},
+		{"pids.max (max means no limit)", m.Pids.Limit, math.MaxUint64},
 		{"cpu usage_usec", m.CPU.UsageUsec, 5000},
 		{"cpu user_usec", m.CPU.UserUsec, 3000},
 		{"cpu system_usec", m.CPU.SystemUsec, 2000},
@@ -94,6 +95,7 @@ func TestStatsV2(t *testing.T) {
 		{"memory.current", m.Memory.Usage, 1048576},
 		{"memory.max", m.Memory.UsageLimit, 20971520},
 		{"memory.peak", m.Memory.MaxUsage, 2097152},
+		{"memory.swap.max (max)", m.Memory.SwapLimit, math.MaxUint64},
 		{"memory.stat anon", m.Memory.Anon, 4096},
 		{"memory.stat file", m.Memory.File, 8192},
 		{"memory.stat kernel_stack", m.Memory.KernelStack, 16384},
