@@ -64,7 +64,9 @@ func (p *IO) startLogger(ctx context.Context, u url.URL, cfg IOConfig) (err erro
 	defer readyR.Close()
 
 	cmd := exec.Command(u.Path, loggerArgs(u.Query())...)
-	cmd.Env = append(os.Environ(), "CONTAINER_ID="+cfg.ContainerID, "CONTAINER_NAMESPACE="+cfg.Namespace)
+	// Only what containerd's shim gives a logger: the shim's environment
+	// (TTRPC_ADDRESS, NOTIFY_SOCKET, ...) is none of its business.
+	cmd.Env = []string{"CONTAINER_ID=" + cfg.ContainerID, "CONTAINER_NAMESPACE=" + cfg.Namespace}
 	cmd.ExtraFiles = []*os.File{outR, errR, readyW}
 	exit, err := cfg.Reaper.Start(cmd)
 	// The logger has its copies now; ours would keep its reads from

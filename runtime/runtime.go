@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -80,13 +81,13 @@ func (r *Runtime) Create(ctx context.Context, id string, o CreateOpts) error {
 	if o.NoNewKeyring {
 		args = append(args, "--no-new-keyring")
 	}
-	_, err := r.call(ctx, o.Stdio, append(args, id)...)
+	_, err := r.call(ctx, &o.Stdio, append(args, id)...)
 	return err
 }
 
 // Start starts the init process of a created container.
 func (r *Runtime) Start(ctx context.Context, id string) error {
-	_, err := r.call(ctx, Stdio{}, "start", id)
+	_, err := r.call(ctx, nil, "start", id)
 	return err
 }
 
@@ -116,7 +117,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, spec []byte, o ExecOpts) 
 	if o.ConsoleSocket != "" {
 		args = append(args, "--console-socket", o.ConsoleSocket)
 	}
-	_, err = r.call(ctx, o.Stdio, append(args, id)...)
+	_, err = r.call(ctx, &o.Stdio, append(args, id)...)
 	return err
 }
 
@@ -127,19 +128,19 @@ func (r *Runtime) Kill(ctx context.Context, id string, sig syscall.Signal, all b
 	if all {
 		args = append(args, "--all")
 	}
-	_, err := r.call(ctx, Stdio{}, append(args, id, strconv.Itoa(int(sig)))...)
+	_, err := r.call(ctx, nil, append(args, id, strconv.Itoa(int(sig)))...)
 	return err
 }
 
 // Pause freezes every process of the container.
 func (r *Runtime) Pause(ctx context.Context, id string) error {
-	_, err := r.call(ctx, Stdio{}, "pause", id)
+	_, err := r.call(ctx, nil, "pause", id)
 	return err
 }
 
 // Resume thaws a paused container.
 func (r *Runtime) Resume(ctx context.Context, id string) error {
-	_, err := r.call(ctx, Stdio{}, "resume", id)
+	_, err := r.call(ctx, nil, "resume", id)
 	return err
 }
 
@@ -149,13 +150,13 @@ func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 	if force {
 		args = append(args, "--force")
 	}
-	_, err := r.call(ctx, Stdio{}, append(args, id)...)
+	_, err := r.call(ctx, nil, append(args, id)...)
 	return err
 }
 
 // Ps lists the pids of the container's processes.
 func (r *Runtime) Ps(ctx context.Context, id string) ([]int, error) {
-	out, err := r.call(ctx, Stdio{}, "ps", "--format", "json", id)
+	out, err := r.call(ctx, nil, "ps", "--format", "json", id)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +176,7 @@ type State struct {
 
 // State reports the container's status as the runtime sees it.
 func (r *Runtime) State(ctx context.Context, id string) (*State, error) {
-	out, err := r.call(ctx, Stdio{}, "state", id)
+	out, err := r.call(ctx, nil, "state", id)
 	if err != nil {
 		return nil, err
 	}
@@ -197,13 +198,29 @@ func (r *Runtime) Update(ctx context.Context, id string, resources []byte) error
 	if _, err := in.Write(resources); err != nil {
 		return err
 	}
-	_, err = r.call(ctx, Stdio{}, "update", "--resources", in.Name(), id)
+	_, err = r.call(ctx, nil, "update", "--resources", in.Name(), id)
 	return err
 }
 
-// call runs the runtime with the global flags, captures stdout, and turns a
-// failure into an error carrying the runtime's own last error message.
-func (r *Runtime) call(ctx context.Context, stdio Stdio, args ...string) ([]byte, error) {
+// callTimeout bounds a runtime call whose context has no deadline of its
+// own: a wedged runtime must not hold back, say, a container's exit for
+// ever. Generous, since create runs the container's hooks.
+const callTimeout = 2 * time.Minute
+
+// call runs the runtime with the global flags and turns a failure into an
+// error carrying the runtime's own last error message.
+//
+// A call that makes a process (create, exec, restore) passes its stdio:
+// the runtime hands it on, and a stream left nil is /dev/null, as with
+// containerd's null IO. Every other call (stdio nil) answers on stdout,
+// which is captured through a file so that no copying goroutine outlives
+// the call; a runtime that dies before it logs leaves its complaint there.
+func (r *Runtime) call(ctx context.Context, stdio *Stdio, args ...string) ([]byte, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, callTimeout)
+		defer cancel()
+	}
 	logFile, err := os.CreateTemp(r.cfg.LogDir, ".runtime-*.log")
 	if err != nil {
 		return nil, fmt.Errorf("runtime log: %w", err)
@@ -217,28 +234,23 @@ func (r *Runtime) call(ctx context.Context, stdio Stdio, args ...string) ([]byte
 		global = append(global, "--systemd-cgroup")
 	}
 	cmd := exec.Command(r.cfg.Binary, append(global, args...)...)
-	// Create and exec hand stdio to the container; every other call
-	// answers on stdout, which is captured through a file so that no
-	// copying goroutine outlives the call. A runtime that dies before it
-	// logs leaves its complaint there too.
+	cmd.Env = runtimeEnv()
 	var out *os.File
-	if stdio == (Stdio{}) {
+	if stdio == nil {
 		if out, err = os.CreateTemp(r.cfg.LogDir, ".runtime-out-*"); err != nil {
 			return nil, err
 		}
 		defer os.Remove(out.Name())
 		defer out.Close()
-		stdio.Stdout, stdio.Stderr = out, out
-	}
-	// Assign only real files: a nil *os.File in an io.Writer is not nil.
-	if stdio.Stdin != nil {
-		cmd.Stdin = stdio.Stdin
-	}
-	if stdio.Stdout != nil {
-		cmd.Stdout = stdio.Stdout
-	}
-	if stdio.Stderr != nil {
-		cmd.Stderr = stdio.Stderr
+		cmd.Stdout, cmd.Stderr = out, out
+	} else {
+		null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+		if err != nil {
+			return nil, err
+		}
+		defer null.Close()
+		// Assign only real files: a nil *os.File in an io.Writer is not nil.
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = orNull(stdio.Stdin, null), orNull(stdio.Stdout, null), orNull(stdio.Stderr, null)
 	}
 	start := time.Now()
 	status, err := r.run.Run(ctx, cmd)
@@ -265,10 +277,32 @@ func (r *Runtime) call(ctx context.Context, stdio Stdio, args ...string) ([]byte
 	return stdout, nil
 }
 
+func orNull(f, null *os.File) *os.File {
+	if f != nil {
+		return f
+	}
+	return null
+}
+
+// runtimeEnv is the shim's environment less NOTIFY_SOCKET. containerd run
+// by systemd (Type=notify) passes that on to its shims; a runc that sees
+// it sets up sd-notify for the container, and `runc start` then waits for
+// a READY=1 that an ordinary workload never sends.
+func runtimeEnv() []string {
+	env := os.Environ()
+	kept := env[:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
+			kept = append(kept, kv)
+		}
+	}
+	return kept
+}
+
 // Features returns the runtime's `features` JSON (OCI runtime features),
 // or nil if the runtime has no such command (crun 1.8 has not).
 func (r *Runtime) Features(ctx context.Context) ([]byte, error) {
-	out, err := r.call(ctx, Stdio{}, "features")
+	out, err := r.call(ctx, nil, "features")
 	if err != nil {
 		return nil, err
 	}
@@ -300,7 +334,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, id string, o CheckpointOpts) e
 	if o.LeaveRunning {
 		args = append(args, "--leave-running")
 	}
-	_, err := r.call(ctx, Stdio{}, append(args, id)...)
+	_, err := r.call(ctx, nil, append(args, id)...)
 	return err
 }
 
@@ -323,7 +357,7 @@ func (r *Runtime) Restore(ctx context.Context, id string, o RestoreOpts) error {
 		args = append(args, "--no-pivot")
 	}
 	args = append(args, criuFlags(o.CheckpointOpts)...)
-	_, err := r.call(ctx, o.Stdio, append(args, id)...)
+	_, err := r.call(ctx, &o.Stdio, append(args, id)...)
 	return err
 }
 

@@ -289,11 +289,6 @@ exit 1`,
 			want: "runc create failed: container with given ID already exists",
 		},
 		{
-			name: "output when nothing is logged",
-			body: `echo 'first line'; echo 'the complaint' >&2; exit 1`,
-			want: "runc create failed: the complaint",
-		},
-		{
 			name: "exit status when silent",
 			body: `exit 2`,
 			want: "runc create failed: exit status 2",
@@ -453,6 +448,71 @@ func TestStdioPassedThrough(t *testing.T) {
 		if got, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(got) != want {
 			t.Errorf("%s = %q, %v; want %q", name, got, err, want)
 		}
+	}
+	checkNoLeftovers(t, cfg)
+}
+
+// TestRuntimeEnvironment: the runtime never sees NOTIFY_SOCKET. Under a
+// systemd-managed containerd the shim inherits it, and a runc that sees it
+// makes `runc start` wait for the container's READY=1, forever.
+func TestRuntimeEnvironment(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+	t.Setenv("KEEL_TEST_MARKER", "kept")
+	f := newFake(t, `env > "`+"$(dirname $0)"+`/env"`)
+	r, _ := newRuntime(t, f, false)
+	if err := r.Start(context.Background(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	env, err := os.ReadFile(filepath.Join(f.dir, "env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(env), "NOTIFY_SOCKET") {
+		t.Errorf("the runtime was given NOTIFY_SOCKET:\n%s", env)
+	}
+	if !strings.Contains(string(env), "KEEL_TEST_MARKER=kept") {
+		t.Errorf("the runtime lost the rest of the environment:\n%s", env)
+	}
+}
+
+// TestNullStdioIsDevNull: a process created or exec'd without stdio
+// (containerd's null IO) gets /dev/null, never the file the runtime's own
+// output is captured in: that file is in the bundle, on a node's tmpfs,
+// and the container would fill it.
+func TestNullStdioIsDevNull(t *testing.T) {
+	f := newFake(t, `fds=$(for fd in 0 1 2; do readlink /proc/$$/fd/$fd; done); echo "$fds" > "$(dirname $0)/fds"`)
+	r, cfg := newRuntime(t, f, false)
+	ctx := context.Background()
+	check := func(op string) {
+		t.Helper()
+		got, err := os.ReadFile(filepath.Join(f.dir, "fds"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "/dev/null\n/dev/null\n/dev/null\n"; string(got) != want {
+			t.Errorf("%s: the process's fds 0-2 are\n%s; want /dev/null for each", op, got)
+		}
+	}
+	if err := r.Create(ctx, "c1", CreateOpts{Bundle: "/b/c1", PidFile: "/b/c1/init.pid"}); err != nil {
+		t.Fatal(err)
+	}
+	check("create")
+	if err := r.Exec(ctx, "c1", []byte(`{}`), ExecOpts{PidFile: "/b/c1/e.pid"}); err != nil {
+		t.Fatal(err)
+	}
+	check("exec")
+	checkNoLeftovers(t, cfg)
+}
+
+// TestFailureOutput: a call that answers on stdout (all but create, exec
+// and restore, whose stdio is the process's) reports what the runtime
+// printed when it logged nothing.
+func TestFailureOutput(t *testing.T) {
+	f := newFake(t, `echo 'first line'; echo 'the complaint' >&2; exit 1`)
+	r, cfg := newRuntime(t, f, false)
+	err := r.Start(context.Background(), "c1")
+	if want := "runc start failed: the complaint"; err == nil || err.Error() != want {
+		t.Errorf("Start = %v, want %q", err, want)
 	}
 	checkNoLeftovers(t, cfg)
 }
