@@ -43,6 +43,7 @@ type Config struct {
 	NoNewKeyring bool
 	IoUID, IoGID int // owner of the stdio pipes; 0 keeps root
 	Output       OutputBuffer
+	Spec         Spec // from the bundle's config.json (LoadSpec)
 }
 
 // Deps are the shim-wide services a container uses.
@@ -85,15 +86,13 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 	c := &Container{
 		ID: cfg.ID, Bundle: cfg.Bundle, rt: d.Runtime, reaper: d.Reaper, obs: d.Observer,
 		restoreFrom: cfg.Checkpoint, noPivot: cfg.NoPivot, noNewKeyring: cfg.NoNewKeyring,
+		sharedPidNS: cfg.Spec.SharedPidNS,
 	}
 	c.ioCfg = IOConfig{
 		ContainerID: cfg.ID, Namespace: cfg.Namespace, UID: cfg.IoUID, GID: cfg.IoGID,
 		Buffer: cfg.Output, Reaper: d.Reaper, Log: d.Log,
 	}
 	c.execs.byID = make(map[string]*Process)
-	if c.sharedPidNS, err = sharesPidNamespace(cfg.Bundle); err != nil {
-		return nil, err
-	}
 	rootfs := filepath.Join(cfg.Bundle, "rootfs")
 	if len(cfg.Rootfs) > 0 {
 		if err := MountAll(cfg.Rootfs, rootfs); err != nil {
@@ -312,36 +311,47 @@ func runtimeExecOpts(pidFile string, io *IO) runtime.ExecOpts {
 	return runtime.ExecOpts{PidFile: pidFile, ConsoleSocket: io.ConsoleSocket(), Stdio: io.Child()}
 }
 
-// sharesPidNamespace reads the bundle's OCI spec: a container without a
-// pid namespace of its own, or joining another's, shares it.
-func sharesPidNamespace(bundle string) (bool, error) {
+// Spec is what the shim reads from a bundle's OCI spec (config.json).
+type Spec struct {
+	// SharedPidNS: no pid namespace of its own, or one joined: the
+	// container's leftovers must be killed when its init exits.
+	SharedPidNS bool
+	// CgroupsPath as the spec gives it; "slice:prefix:name" is the
+	// systemd driver's form.
+	CgroupsPath string
+}
+
+// LoadSpec reads the parts of the bundle's config.json the shim uses.
+func LoadSpec(bundle string) (Spec, error) {
 	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return false, fmt.Errorf("bundle %s has no config.json: %w", bundle, errdefs.ErrInvalidArgument)
+			return Spec{}, fmt.Errorf("bundle %s has no config.json: %w", bundle, errdefs.ErrInvalidArgument)
 		}
-		return false, err
+		return Spec{}, err
 	}
 	var spec struct {
 		Linux *struct {
-			Namespaces []struct {
+			CgroupsPath string `json:"cgroupsPath"`
+			Namespaces  []struct {
 				Type string `json:"type"`
 				Path string `json:"path"`
 			} `json:"namespaces"`
 		} `json:"linux"`
 	}
 	if err := json.Unmarshal(data, &spec); err != nil {
-		return false, fmt.Errorf("bundle config.json: %v: %w", err, errdefs.ErrInvalidArgument)
+		return Spec{}, fmt.Errorf("bundle config.json: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	if spec.Linux == nil {
-		return true, nil
+		return Spec{SharedPidNS: true}, nil
 	}
+	s := Spec{SharedPidNS: true, CgroupsPath: spec.Linux.CgroupsPath}
 	for _, ns := range spec.Linux.Namespaces {
 		if ns.Type == "pid" {
-			return ns.Path != "", nil
+			s.SharedPidNS = ns.Path != ""
 		}
 	}
-	return true, nil
+	return s, nil
 }
 
 // Pids lists the pids of the container's processes.

@@ -32,6 +32,7 @@ type Config struct {
 	Binary        string // name or path; DefaultBinary if empty
 	Root          string // the runtime's state directory (--root)
 	SystemdCgroup bool
+	CriuPath      string // the criu binary, if not the runtime's default (--criu)
 	// LogDir holds the runtime's per-call JSON logs (the bundle).
 	LogDir string
 }
@@ -232,6 +233,9 @@ func (r *Runtime) call(ctx context.Context, stdio *Stdio, args ...string) ([]byt
 	global := []string{"--root", r.cfg.Root, "--log", logPath, "--log-format", "json"}
 	if r.cfg.SystemdCgroup {
 		global = append(global, "--systemd-cgroup")
+	}
+	if r.cfg.CriuPath != "" {
+		global = append(global, "--criu", r.cfg.CriuPath)
 	}
 	cmd := exec.Command(r.cfg.Binary, append(global, args...)...)
 	cmd.Env = runtimeEnv()

@@ -62,11 +62,13 @@ func validateBundle(bundle, id string) error {
 }
 
 // Options are a container's runtime options: runc's, which containerd and
-// the CRI send, and Keel's output buffer, which only the CRI's TOML form
-// (runtimeoptions.v1, also `ctr --runtime-config-path`) can carry.
+// the CRI send, and what only the CRI's TOML form (runtimeoptions.v1, also
+// `ctr --runtime-config-path`) can carry: Keel's output buffer, and the
+// CriuPath that containerd 1.x configs still have.
 type Options struct {
-	Runc   *options.Options
-	Output process.OutputBuffer
+	Runc     *options.Options
+	Output   process.OutputBuffer
+	CriuPath string
 }
 
 // runtimeOptions decodes the options of a Create (or of the bootstrap),
@@ -90,11 +92,7 @@ func runtimeOptions(a *anypb.Any, defaults *Options) (*Options, error) {
 		if err := proto.Unmarshal(a.GetValue(), &generic); err != nil {
 			return nil, fmt.Errorf("runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
-		runc, out, err := runcOptionsFromTOML(&generic)
-		if err != nil {
-			return nil, err
-		}
-		return &Options{Runc: runc, Output: out}, nil
+		return optionsFromTOML(&generic)
 	}
 	return nil, fmt.Errorf("runtime options of type %q, want %s or %s: %w", a.GetTypeUrl(),
 		opts.ProtoReflect().Descriptor().FullName(), generic.ProtoReflect().Descriptor().FullName(), errdefs.ErrInvalidArgument)
@@ -108,18 +106,39 @@ func isType(a *anypb.Any, m proto.Message) bool {
 	return t == name || strings.HasSuffix(t, "/"+name)
 }
 
-// runtimeConfig is how a container's runtime is driven, from its options.
-func runtimeConfig(o *options.Options, ns, bundle string) runtime.Config {
-	root := o.GetRoot()
+// runtimeConfig is how a container's runtime is driven, from its options
+// and the cgroupsPath of its spec.
+func runtimeConfig(o *Options, ns, bundle, cgroupsPath string) runtime.Config {
+	var runc *options.Options
+	var criu string
+	if o != nil {
+		runc, criu = o.Runc, o.CriuPath
+	}
+	root := runc.GetRoot()
 	if root == "" {
 		root = DefaultRuntimeRoot
 	}
 	return runtime.Config{
-		Binary:        o.GetBinaryName(),
+		Binary:        runc.GetBinaryName(),
 		Root:          filepath.Join(root, ns),
-		SystemdCgroup: o.GetSystemdCgroup(),
+		SystemdCgroup: runc.GetSystemdCgroup() || isSystemdCgroupsPath(cgroupsPath),
+		CriuPath:      criu,
 		LogDir:        bundle,
 	}
+}
+
+// isSystemdCgroupsPath tells the systemd driver's cgroupsPath,
+// "slice:prefix:name" (the slice may be empty), from a cgroupfs path. The
+// kubelet with the systemd cgroup driver writes that form; containerd 1.6's
+// CRI drops the options table of a runtime that is not runc's, so
+// SystemdCgroup = true may never reach Keel, and a runtime driving
+// cgroupfs would take the whole string for a directory name.
+func isSystemdCgroupsPath(p string) bool {
+	parts := strings.Split(p, ":")
+	if len(parts) != 3 || strings.HasPrefix(p, "/") || parts[2] == "" {
+		return false
+	}
+	return parts[0] == "" || strings.HasSuffix(parts[0], ".slice")
 }
 
 // bundleRuntimeFile keeps the runtime configuration in the bundle, so that
@@ -137,7 +156,7 @@ func saveRuntimeConfig(bundle string, cfg runtime.Config) error {
 // loadRuntimeConfig reads what Create saved; a bundle without it (the
 // daemon died before Create got that far) gets the defaults.
 func loadRuntimeConfig(bundle, ns string) runtime.Config {
-	cfg := runtimeConfig(&options.Options{}, ns, bundle)
+	cfg := runtimeConfig(nil, ns, bundle, "")
 	if data, err := os.ReadFile(filepath.Join(bundle, bundleRuntimeFile)); err == nil {
 		_ = json.Unmarshal(data, &cfg)
 	}

@@ -161,13 +161,14 @@ func TestRuntimeOptions(t *testing.T) {
 
 func TestRuntimeConfig(t *testing.T) {
 	tests := []struct {
-		name string
-		opts *options.Options
-		want runtime.Config
+		name        string
+		opts        *Options
+		cgroupsPath string
+		want        runtime.Config
 	}{
 		{
 			name: "defaults",
-			opts: &options.Options{},
+			opts: &Options{Runc: &options.Options{}},
 			want: runtime.Config{Root: "/run/containerd/runc/k8s.io", LogDir: "/b/c1"},
 		},
 		{
@@ -177,16 +178,49 @@ func TestRuntimeConfig(t *testing.T) {
 		},
 		{
 			name: "custom",
-			opts: &options.Options{BinaryName: "/usr/bin/crun", Root: "/var/run/crun", SystemdCgroup: true},
-			want: runtime.Config{Binary: "/usr/bin/crun", Root: "/var/run/crun/k8s.io", SystemdCgroup: true, LogDir: "/b/c1"},
+			opts: &Options{Runc: &options.Options{BinaryName: "/usr/bin/crun", Root: "/var/run/crun", SystemdCgroup: true}, CriuPath: "/opt/criu"},
+			want: runtime.Config{Binary: "/usr/bin/crun", Root: "/var/run/crun/k8s.io", SystemdCgroup: true, CriuPath: "/opt/criu", LogDir: "/b/c1"},
+		},
+		{
+			// containerd 1.6's CRI dropped SystemdCgroup = true; the
+			// kubelet's systemd driver still wrote this form.
+			name:        "systemd cgroupsPath without the option",
+			opts:        &Options{Runc: &options.Options{}},
+			cgroupsPath: "kubepods-besteffort-pod1.slice:cri-containerd:c1",
+			want:        runtime.Config{Root: "/run/containerd/runc/k8s.io", SystemdCgroup: true, LogDir: "/b/c1"},
+		},
+		{
+			name:        "cgroupfs path",
+			opts:        &Options{Runc: &options.Options{}},
+			cgroupsPath: "/kubepods/besteffort/pod1/c1",
+			want:        runtime.Config{Root: "/run/containerd/runc/k8s.io", LogDir: "/b/c1"},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := runtimeConfig(tt.opts, "k8s.io", "/b/c1"); got != tt.want {
+			if got := runtimeConfig(tt.opts, "k8s.io", "/b/c1", tt.cgroupsPath); got != tt.want {
 				t.Errorf("runtimeConfig = %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestIsSystemdCgroupsPath(t *testing.T) {
+	for p, want := range map[string]bool{
+		"system.slice:runc:434234": true,
+		":cri-containerd:c1":       true,
+		"kubepods.slice:crio:x":    true,
+		"":                         false,
+		"/kubepods/pod1/c1":        false,
+		"keeltest/c1":              false,
+		"/a:b:c":                   false,
+		"notaslice:prefix:name":    false,
+		"system.slice:runc:":       false,
+		"a.slice:b:c:d":            false,
+	} {
+		if got := isSystemdCgroupsPath(p); got != want {
+			t.Errorf("isSystemdCgroupsPath(%q) = %v, want %v", p, got, want)
+		}
 	}
 }
 

@@ -106,7 +106,11 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		s.mu.Unlock()
 	}()
 
-	rtCfg := runtimeConfig(opts.Runc, s.ns, r.Bundle)
+	spec, err := process.LoadSpec(r.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	rtCfg := runtimeConfig(opts, s.ns, r.Bundle, spec.CgroupsPath)
 	if err := saveRuntimeConfig(r.Bundle, rtCfg); err != nil {
 		return nil, err
 	}
@@ -118,7 +122,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		ID: r.ID, Bundle: r.Bundle, Namespace: s.ns, Rootfs: mounts, Checkpoint: r.Checkpoint,
 		Stdio:   process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		NoPivot: opts.Runc.NoPivotRoot, NoNewKeyring: opts.Runc.NoNewKeyring,
-		IoUID: int(opts.Runc.IoUid), IoGID: int(opts.Runc.IoGid), Output: opts.Output,
+		IoUID: int(opts.Runc.IoUid), IoGID: int(opts.Runc.IoGid), Output: opts.Output, Spec: spec,
 	}, process.Deps{Runtime: runtime.New(rtCfg, s.reaper), Reaper: s.reaper, Observer: s, Log: s.log})
 	if err != nil {
 		return nil, err

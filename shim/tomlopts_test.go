@@ -3,6 +3,7 @@ package shim
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
@@ -78,6 +79,9 @@ func TestRuntimeOptionsFromCRITOMLRejects(t *testing.T) {
 		"OutputBufferSize = 2147483648",
 		"OutputBufferPolicy = \"drop-newest\"",
 		"OutputBufferPolicy = \"drop-oldest\"", // without a size
+		"[BinaryName]\nx = 1",                   // a table, not a string
+		"IoUid = 4294967296",
+		"IoUid = 1.5",
 	} {
 		a, err := typeurl.MarshalAnyToProto(criOptions(t, body))
 		if err != nil {
@@ -99,5 +103,87 @@ func TestParseBootstrapForAnotherInstance(t *testing.T) {
 	}
 	if b, err := ParseBootstrap(in, testID, testNS, envTTRPC); err == nil {
 		t.Fatalf("ParseBootstrap accepted params for another instance: %+v", b)
+	}
+}
+
+// The runc options tables `containerd config default` writes, as the CRI
+// marshals them for a runtime that is not runc's (1.7 with go-toml v1,
+// 2.x with go-toml v2). Switching only runtime_type to Keel must work.
+var stockOptionsTables = map[string]string{
+	"1.7": `BinaryName = ""
+CriuImagePath = ""
+CriuPath = ""
+CriuWorkPath = ""
+IoGid = 0
+IoUid = 0
+NoNewKeyring = false
+NoPivotRoot = false
+Root = ""
+ShimCgroup = ""
+SystemdCgroup = false
+`,
+	"2.x": `BinaryName = ''
+CriuImagePath = ''
+CriuWorkPath = ''
+IoGid = 0
+IoUid = 0
+NoNewKeyring = false
+NoPivotRoot = false
+Root = ''
+ShimCgroup = ''
+SystemdCgroup = true
+TaskApiAddress = ''
+TaskApiVersion = 0
+`,
+}
+
+func TestStockOptionsTables(t *testing.T) {
+	for version, body := range stockOptionsTables {
+		a, err := typeurl.MarshalAnyToProto(criOptions(t, body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := runtimeOptions(a, nil)
+		if err != nil {
+			t.Errorf("containerd %s's stock runc options: %v", version, err)
+			continue
+		}
+		if want := version == "2.x"; o.Runc.SystemdCgroup != want {
+			t.Errorf("containerd %s: SystemdCgroup = %v, want %v", version, o.Runc.SystemdCgroup, want)
+		}
+	}
+}
+
+// TestOptionsAreTOML: the body is TOML, not key = value lines.
+func TestOptionsAreTOML(t *testing.T) {
+	body := `# Keel on this node
+BinaryName = 'C:\not\escaped'   # a literal string, and a comment after it
+CriuPath = """
+/usr/local/sbin/criu"""
+OutputBufferSize = 1_048_576
+"SystemdCgroup" = true
+`
+	a, err := typeurl.MarshalAnyToProto(criOptions(t, body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := runtimeOptions(a, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Runc.BinaryName != `C:\not\escaped` || !o.Runc.SystemdCgroup || o.Output.Size != 1<<20 || o.CriuPath != "/usr/local/sbin/criu" {
+		t.Errorf("decoded %v, output %+v, CriuPath %q", o.Runc, o.Output, o.CriuPath)
+	}
+}
+
+// TestUnknownOptionNamed: the error names the key, and is InvalidArgument.
+func TestUnknownOptionNamed(t *testing.T) {
+	a, err := typeurl.MarshalAnyToProto(criOptions(t, "BinaryName = 'runc'\nNoSuchThing = 1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = runtimeOptions(a, nil)
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), `"NoSuchThing"`) {
+		t.Errorf("err = %v, want InvalidArgument naming NoSuchThing", err)
 	}
 }
