@@ -128,7 +128,7 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 // launch makes the init process through call (the runtime's create, or
 // restore), watching for its exit from before it exists.
 func (c *Container) launch(ctx context.Context, io *IO, call func(runtime.CreateOpts) error) (int, <-chan reaper.Exit, error) {
-	pidFile := filepath.Join(c.Bundle, "init.pid")
+	pidFile := filepath.Join(c.Bundle, initPidFile)
 	w := c.reaper.Watch()
 	defer w.Close()
 	err := call(runtime.CreateOpts{
@@ -149,6 +149,16 @@ func (c *Container) launch(ctx context.Context, io *IO, call func(runtime.Create
 		return 0, nil, err
 	}
 	return pid, w.Started(pid), nil
+}
+
+// initPidFile is where the runtime writes the init's pid, in the bundle.
+const initPidFile = "init.pid"
+
+// InitPid is the pid the runtime gave the container's init, or 0: for
+// `delete`, after the shim that knew it died.
+func InitPid(bundle string) int {
+	pid, _ := readPid(filepath.Join(bundle, initPidFile))
+	return pid
 }
 
 // restore starts the init process from the checkpoint it was created

@@ -54,13 +54,17 @@ func TestDeleteReportsRecordedExit(t *testing.T) {
 }
 
 // TestDeleteWithoutRecordReportsKill: with no recorded exit the forced
-// delete killed the init: 128+SIGKILL.
+// delete killed the init: 128+SIGKILL, with the init's pid from the pid
+// file, which containerd puts in /tasks/exit and /tasks/delete.
 func TestDeleteWithoutRecordReportsKill(t *testing.T) {
 	bundle := filepath.Join(t.TempDir(), "c1")
 	if err := os.Mkdir(bundle, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if resp := deleteIn(t, bundle); resp.ExitStatus != 137 || resp.ExitedAt == nil {
-		t.Fatalf("DeleteResponse = %v, want status 137 with a time", resp)
+	if err := os.WriteFile(filepath.Join(bundle, "init.pid"), []byte("4321"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if resp := deleteIn(t, bundle); resp.ExitStatus != 137 || resp.ExitedAt == nil || resp.Pid != 4321 {
+		t.Fatalf("DeleteResponse = %v, want pid 4321, status 137 with a time", resp)
 	}
 }

@@ -284,7 +284,8 @@ func Delete(f Flags, stdout, stderr io.Writer) error {
 	}
 	// The init's real exit if the dead shim recorded one; otherwise the
 	// force-delete above killed it.
-	resp := &taskapi.DeleteResponse{ExitedAt: timestamppb.Now(), ExitStatus: 128 + uint32(syscall.SIGKILL)}
+	resp := &taskapi.DeleteResponse{ExitedAt: timestamppb.Now(), ExitStatus: 128 + uint32(syscall.SIGKILL),
+		Pid: uint32(process.InitPid(bundle))}
 	if e, ok := process.LoadExit(bundle); ok {
 		resp = &taskapi.DeleteResponse{Pid: uint32(e.Pid), ExitStatus: uint32(e.Status), ExitedAt: timestamppb.New(e.Time)}
 	}
