@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -123,6 +124,9 @@ func spawnDaemon(f Flags, b Bootstrap, socket string, l *net.UnixListener) error
 	}
 	cmd := exec.Command(self, append(args, "serve")...)
 	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+b.TTRPCAddress)
+	if score, err := readOOMScoreAdj(os.Getppid()); err == nil {
+		cmd.Env = append(cmd.Env, parentOOMScoreEnv+"="+strconv.Itoa(score))
+	}
 	if b.Options != nil {
 		raw, err := proto.Marshal(b.Options)
 		if err != nil {
@@ -175,6 +179,7 @@ func groupID(bundle, id string) string {
 // Serve runs the daemon until containerd shuts down its last container.
 func Serve(f Flags) error {
 	log := newLogger(f)
+	tuneDaemon(log)
 	r, err := reaper.New()
 	if err != nil {
 		return err
