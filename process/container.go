@@ -244,6 +244,10 @@ func (c *Container) AddExec(execID string, spec []byte, stdio Stdio) (*Process, 
 	if _, err := next(c.init.Status().State, OpExec); err != nil {
 		return nil, err
 	}
+	spec, err := specWithTerminal(spec, stdio.Terminal)
+	if err != nil {
+		return nil, err
+	}
 	c.execs.mu.Lock()
 	defer c.execs.mu.Unlock()
 	if _, ok := c.execs.byID[execID]; ok {
@@ -253,6 +257,26 @@ func (c *Container) AddExec(execID string, spec []byte, stdio Stdio) (*Process, 
 	p.spec = spec
 	c.execs.byID[execID] = p
 	return p, nil
+}
+
+// specWithTerminal makes an exec's process spec say what the request
+// says: containerd's Go client asks for a terminal in the request
+// (cio.WithTerminal) and leaves the spec's "terminal" false, and a runtime
+// given a console socket for a process without a terminal refuses it.
+func specWithTerminal(spec []byte, terminal bool) ([]byte, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(spec, &fields); err != nil || fields == nil {
+		return nil, fmt.Errorf("exec process spec is not a JSON object: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	var was bool
+	if raw, ok := fields["terminal"]; ok && json.Unmarshal(raw, &was) != nil {
+		return nil, fmt.Errorf("exec process spec: terminal is %s, not a boolean: %w", raw, errdefs.ErrInvalidArgument)
+	}
+	if was == terminal {
+		return spec, nil
+	}
+	fields["terminal"] = json.RawMessage(strconv.FormatBool(terminal))
+	return json.Marshal(fields)
 }
 
 // Execs returns the exec processes.
