@@ -42,20 +42,33 @@ const (
 	settleDelay = 2 * time.Second
 )
 
+// maxQueued bounds the events waiting for containerd. Past it, new events
+// are dropped and counted, except exits, which are never dropped: a
+// workload that floods events (an OOM loop) while containerd is away must
+// not grow the shim, or the spool in its bundle, without bound.
+const maxQueued = 1024
+
 // Publisher sends task events to containerd in the order they were
 // published, through one queue and one forwarder. Publish never blocks; an
 // event that cannot be delivered is retried, in order, until Close, and
-// meanwhile kept on disk in its container's bundle (spool.go).
+// meanwhile kept on disk in its container's bundle (spool.go). Delivery is
+// at least once: a Forward that timed out after containerd took it is sent
+// again.
 type Publisher struct {
 	address string // containerd's ttrpc socket
 	ns      string
 	log     *slog.Logger
 
-	mu      sync.Mutex
-	queue   []*pending    // guarded by mu
-	closing bool          // guarded by mu
-	wake    chan struct{} // a slot: the forwarder has work
-	idle    chan struct{} // closed when the forwarder has stopped
+	mu         sync.Mutex
+	queue      []*pending      // guarded by mu
+	closing    bool            // guarded by mu
+	pendingOOM map[string]bool // guarded by mu; bundles with an OOM queued
+	dropped    int             // guarded by mu; dropped since last logged
+	published  uint64          // guarded by mu; events queued, ever
+	settled    uint64          // guarded by mu; of those, delivered or dropped
+	progress   chan struct{}   // guarded by mu; closed when settled grows
+	wake       chan struct{}   // a slot: the forwarder has work
+	idle       chan struct{}   // closed when the forwarder has stopped
 
 	// Owned by the forwarder.
 	client   *ttrpc.Client
@@ -76,11 +89,13 @@ type pending struct {
 // NewPublisher starts forwarding to containerd's ttrpc address.
 func NewPublisher(address, ns string, log *slog.Logger) *Publisher {
 	p := &Publisher{
-		address: strings.TrimPrefix(address, "unix://"),
-		ns:      ns,
-		log:     log,
-		wake:    make(chan struct{}, 1),
-		idle:    make(chan struct{}),
+		address:    strings.TrimPrefix(address, "unix://"),
+		ns:         ns,
+		log:        log,
+		pendingOOM: make(map[string]bool),
+		progress:   make(chan struct{}),
+		wake:       make(chan struct{}, 1),
+		idle:       make(chan struct{}),
 	}
 	go p.forward()
 	return p
@@ -99,17 +114,76 @@ func (p *Publisher) Publish(bundle, topic string, event proto.Message) {
 	}
 	env := &types.Envelope{Timestamp: timestamppb.Now(), Namespace: p.ns, Topic: topic, Event: a}
 	p.mu.Lock()
-	if p.closing {
+	switch {
+	case p.closing:
 		p.mu.Unlock()
 		p.log.Warn("event after shutdown dropped", "topic", topic)
 		return
+	case topic == TopicOOM && p.pendingOOM[bundle]:
+		// One queued OOM says all there is to say until it is delivered.
+		p.mu.Unlock()
+		return
+	case len(p.queue) >= maxQueued && topic != TopicExit:
+		if p.dropped++; p.dropped == 1 {
+			p.log.Warn("event queue full while containerd is away; dropping events other than exits", "limit", maxQueued)
+		}
+		p.mu.Unlock()
+		return
+	}
+	if topic == TopicOOM {
+		p.pendingOOM[bundle] = true
 	}
 	p.queue = append(p.queue, &pending{env: env, bundle: bundle})
+	p.published++
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
 	default:
 	}
+}
+
+// Sync waits until every event published before the call has been
+// delivered (or dropped), or ctx ends. Wait uses it: a client that learns
+// of an exit from Wait must already have had the events before it, such as
+// the OOM that the CRI turns into the reason "OOMKilled".
+func (p *Publisher) Sync(ctx context.Context) error {
+	p.mu.Lock()
+	target := p.published
+	for p.settled < target {
+		progress := p.progress
+		p.mu.Unlock()
+		select {
+		case <-progress:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		p.mu.Lock()
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// settleLocked counts n events as delivered or dropped and wakes Sync.
+func (p *Publisher) settleLocked(n int) {
+	if n == 0 {
+		return
+	}
+	p.settled += uint64(n)
+	close(p.progress)
+	p.progress = make(chan struct{})
+}
+
+// removeHeadLocked takes the delivered head off the queue.
+func (p *Publisher) removeHeadLocked(head *pending) {
+	if len(p.queue) == 0 || p.queue[0] != head {
+		return
+	}
+	p.queue[0] = nil
+	p.queue = p.queue[1:]
+	if head.env.Topic == TopicOOM {
+		delete(p.pendingOOM, head.bundle)
+	}
+	p.settleLocked(1)
 }
 
 // Close delivers what is queued, waiting at most timeout, then stops.
@@ -127,6 +201,7 @@ func (p *Publisher) Close(timeout time.Duration) {
 		p.mu.Lock()
 		lost := len(p.queue)
 		p.queue = nil
+		p.settleLocked(lost)
 		p.mu.Unlock()
 		p.log.Error("events undelivered at shutdown, left in their bundles", "count", lost, "dir", spoolDirName)
 	}
@@ -164,12 +239,14 @@ func (p *Publisher) forward() {
 		}
 		backoff = 10 * time.Millisecond
 		p.mu.Lock()
-		if len(p.queue) > 0 && p.queue[0] == head {
-			p.queue[0] = nil
-			p.queue = p.queue[1:]
-		}
+		p.removeHeadLocked(head)
+		dropped := p.dropped
+		p.dropped = 0
 		p.mu.Unlock()
 		unspool(head)
+		if dropped > 0 {
+			p.log.Warn("events dropped while the queue was full", "count", dropped)
+		}
 	}
 }
 

@@ -172,3 +172,68 @@ func TestReplaySpool(t *testing.T) {
 		t.Fatalf("replayed %q, want %q", got, want)
 	}
 }
+
+// TestPublisherSync: Sync returns once what was published before it is
+// delivered, and not before.
+func TestPublisherSync(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "containerd.sock.ttrpc")
+	p := NewPublisher(sock, "ns", discardLog())
+	defer p.Close(time.Second)
+	p.Publish("", TopicOOM, &eventstypes.TaskOOM{ContainerID: "c1"})
+	p.Publish("", TopicExit, &eventstypes.TaskExit{ContainerID: "c1", ID: "c1"})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	if err := p.Sync(ctx); err == nil {
+		t.Fatal("Sync returned while containerd was away")
+	}
+	cancel()
+	f := serveEvents(t, sock)
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(f.seen(), " "); got != TopicOOM+" "+TopicExit+":c1" {
+		t.Fatalf("after Sync containerd has %q, want the OOM and the exit", got)
+	}
+}
+
+// TestPublisherBounded: while containerd is away, OOMs of a container
+// coalesce into one, the queue stops growing at its limit (and so does the
+// spool), and exits are never dropped.
+func TestPublisherBounded(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "containerd.sock.ttrpc")
+	bundle := filepath.Join(dir, "c1")
+	if err := os.Mkdir(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p := NewPublisher(sock, "ns", discardLog())
+	for i := 0; i < 500; i++ {
+		p.Publish(bundle, TopicOOM, &eventstypes.TaskOOM{ContainerID: "c1"})
+	}
+	for i := 0; i < 2*maxQueued; i++ {
+		p.Publish(bundle, TopicExecAdded, &eventstypes.TaskExecAdded{ContainerID: "c1", ExecID: "e"})
+	}
+	p.Publish(bundle, TopicExit, &eventstypes.TaskExit{ContainerID: "c1", ID: "c1"})
+	waitUntil(t, "the spool", 10*time.Second, func() bool { return len(spooled(bundle)) >= maxQueued })
+	time.Sleep(200 * time.Millisecond)
+	if n := len(spooled(bundle)); n != maxQueued+1 {
+		t.Errorf("%d spooled events, want %d (the limit, plus the exit)", n, maxQueued+1)
+	}
+
+	f := serveEvents(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Close(time.Second)
+	counts := map[string]int{}
+	for _, topic := range f.seen() {
+		counts[topic]++
+	}
+	if counts[TopicOOM] != 1 || counts[TopicExit+":c1"] != 1 || counts[TopicExecAdded] != maxQueued-1 {
+		t.Errorf("delivered %v; want 1 OOM, 1 exit and %d exec-added", counts, maxQueued-1)
+	}
+}

@@ -46,6 +46,10 @@ type Service struct {
 
 var empty = &emptypb.Empty{}
 
+// waitSyncTimeout bounds how long Wait holds an exit back for the events
+// before it to be delivered: enough for a reconnect and its settle delay.
+const waitSyncTimeout = settleDelay + forwardTimeout
+
 // NewService returns the task service. onShutdown is called once, when
 // containerd asks an empty shim to shut down.
 func NewService(ns string, log *slog.Logger, r *reaper.Reaper, events *Publisher, defaults *Options, onShutdown func()) *Service {
@@ -350,6 +354,14 @@ func (s *Service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.Wa
 	if err != nil {
 		return nil, err
 	}
+	// The exit, and what was published before it (an OOM), reach
+	// containerd's event service before the caller hears of the exit here:
+	// the CRI gives an OOM-killed container the reason OOMKilled only if
+	// the OOM event came first. Bounded: a wedged event service must not
+	// withhold the exit.
+	sctx, cancel := context.WithTimeout(ctx, waitSyncTimeout)
+	_ = s.events.Sync(sctx)
+	cancel()
 	return &taskapi.WaitResponse{ExitStatus: uint32(st.ExitStatus), ExitedAt: exitedAt(st)}, nil
 }
 
