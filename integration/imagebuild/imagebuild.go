@@ -20,6 +20,26 @@ import (
 // Ref is the name the image is imported under.
 const Ref = "docker.io/library/busybox:keel"
 
+// PauseRef names the pod sandbox ("pause") image of the CRI tests: the same
+// busybox tree whose entrypoint sleeps for good. The CRI configuration names
+// it as the sandbox image, and it is imported under exactly this name, so
+// that the CRI never tries to pull it.
+const PauseRef = "registry.k8s.io/pause:keel"
+
+// Config is what an image runs by default.
+type Config struct {
+	Entrypoint []string
+	Cmd        []string
+}
+
+// Busybox is the default Config: a shell.
+var Busybox = Config{Cmd: []string{"sh"}}
+
+// Pause is the Config of the pause image: sleep for 68 years. busybox's
+// sleep, as pid 1 of the sandbox, needs no signal handling: the CRI stops a
+// sandbox with SIGKILL.
+var Pause = Config{Entrypoint: []string{"/bin/sleep", "2147483647"}}
+
 // DefaultBusybox is where Debian's busybox-static puts the binary.
 const DefaultBusybox = "/usr/bin/busybox"
 
@@ -138,20 +158,32 @@ func digest(b []byte) string {
 // WriteOCIArchive writes an OCI image layout tarball, as `ctr images import`
 // reads it, holding one image named ref for the host's architecture.
 func WriteOCIArchive(w io.Writer, busybox, ref string) error {
+	return WriteOCIArchiveWith(w, busybox, ref, Busybox)
+}
+
+// WriteOCIArchiveWith is WriteOCIArchive for an image that runs cfg.
+func WriteOCIArchiveWith(w io.Writer, busybox, ref string, cfg Config) error {
 	layerTar, err := layer(busybox)
 	if err != nil {
 		return err
 	}
 	plat := platform{Architecture: runtime.GOARCH, OS: "linux"}
+	run := map[string]any{
+		"Env":        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+		"WorkingDir": "/",
+	}
+	// Only what is set, so the busybox image stays byte for byte the same.
+	if cfg.Entrypoint != nil {
+		run["Entrypoint"] = cfg.Entrypoint
+	}
+	if cfg.Cmd != nil {
+		run["Cmd"] = cfg.Cmd
+	}
 	config, err := json.Marshal(map[string]any{
 		"architecture": plat.Architecture,
 		"os":           plat.OS,
-		"config": map[string]any{
-			"Env":        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			"Cmd":        []string{"sh"},
-			"WorkingDir": "/",
-		},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{digest(layerTar)}},
+		"config":       run,
+		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{digest(layerTar)}},
 	})
 	if err != nil {
 		return err
@@ -211,11 +243,16 @@ func WriteOCIArchive(w io.Writer, busybox, ref string) error {
 
 // WriteOCIArchiveFile is WriteOCIArchive to a new file at path.
 func WriteOCIArchiveFile(path, busybox, ref string) error {
+	return WriteOCIArchiveFileWith(path, busybox, ref, Busybox)
+}
+
+// WriteOCIArchiveFileWith is WriteOCIArchiveWith to a new file at path.
+func WriteOCIArchiveFileWith(path, busybox, ref string, cfg Config) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
-	if err := WriteOCIArchive(f, busybox, ref); err != nil {
+	if err := WriteOCIArchiveWith(f, busybox, ref, cfg); err != nil {
 		f.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -97,3 +97,50 @@ func TestArchiveIsConsistent(t *testing.T) {
 		t.Fatalf("oci-layout: %q", files["oci-layout"])
 	}
 }
+
+// TestConfigRecorded checks that an image's entrypoint and command land in
+// its config, and that the busybox image records no entrypoint.
+func TestConfigRecorded(t *testing.T) {
+	fake := filepath.Join(t.TempDir(), "busybox")
+	if err := os.WriteFile(fake, []byte("not really busybox"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Busybox, `{"Cmd":["sh"],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"WorkingDir":"/"}`},
+		{Pause, `{"Entrypoint":["/bin/sleep","2147483647"],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"WorkingDir":"/"}`},
+	} {
+		var buf bytes.Buffer
+		if err := WriteOCIArchiveWith(&buf, fake, PauseRef, tc.cfg); err != nil {
+			t.Fatal(err)
+		}
+		tr := tar.NewReader(&buf)
+		found := false
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(tr)
+			var c struct {
+				Architecture string
+				Config       json.RawMessage
+			}
+			if h.Typeflag != tar.TypeReg || json.Unmarshal(b, &c) != nil || c.Architecture == "" {
+				continue
+			}
+			found = true
+			if string(c.Config) != tc.want {
+				t.Errorf("config %s, want %s", c.Config, tc.want)
+			}
+		}
+		if !found {
+			t.Fatalf("no image config blob in the archive of %+v", tc.cfg)
+		}
+	}
+}
