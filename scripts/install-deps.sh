@@ -2,9 +2,10 @@
 # Installs what Keel's build, tests and demo need, and only what is missing:
 #  - Debian packages: runc, containerd (1.6, the oldest version we support),
 #    busybox-static (the test image), crun and criu;
-#  - containerd v2.x, built from source with `go install` into
+#  - containerd v1.7 and v2.x, built from source into
 #    $KEEL_CONTAINERD_PREFIX/containerd-<version>/bin (versions pinned in
-#    scripts/containerd-versions.env). Both builds run in parallel: ~5 min.
+#    scripts/containerd-versions.env). The three builds run in parallel:
+#    about 5 min on 4 cores, 12 on 2.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,8 +36,8 @@ else
 	log "Debian packages already installed"
 fi
 
-# build_containerd VERSION: go install containerd, ctr and the runc shim of
-# that release. It builds into a temp dir and renames it into place, so an
+# build_containerd VERSION: build containerd, ctr and the runc shim of that
+# release. It builds into a temp dir and renames it into place, so an
 # interrupted build is never taken for a complete one.
 build_containerd() {
 	local version=$1
@@ -44,10 +45,31 @@ build_containerd() {
 	local tmp="$dest.tmp.$$"
 	rm -rf "$tmp"
 	mkdir -p "$tmp/bin"
-	GOBIN="$tmp/bin" go install \
-		"github.com/containerd/containerd/v2/cmd/containerd@$version" \
-		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$version" \
-		"github.com/containerd/containerd/v2/cmd/ctr@$version"
+	case $version in
+	v1.*)
+		# `go install pkg@version` refuses modules whose go.mod has
+		# exclude (or replace) directives, as 1.7's has: build in a
+		# writable copy of the module instead, letting go resolve its
+		# go.mod as a main module does.
+		local dir
+		dir=$(cd "$tmp" && go mod download -json "github.com/containerd/containerd@$version" |
+			sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+		if [ -z "$dir" ] || [ ! -d "$dir" ]; then
+			echo "go mod download github.com/containerd/containerd@$version gave no module dir" >&2
+			return 1
+		fi
+		cp -r "$dir" "$tmp/src"
+		chmod -R u+w "$tmp/src"
+		(cd "$tmp/src" && go build -mod=mod -o "$tmp/bin/" ./cmd/containerd ./cmd/ctr ./cmd/containerd-shim-runc-v2)
+		rm -rf "$tmp/src"
+		;;
+	*)
+		GOBIN="$tmp/bin" go install \
+			"github.com/containerd/containerd/v2/cmd/containerd@$version" \
+			"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$version" \
+			"github.com/containerd/containerd/v2/cmd/ctr@$version"
+		;;
+	esac
 	rm -rf "$dest"
 	mv "$tmp" "$dest"
 }
@@ -60,7 +82,7 @@ have_containerd() {
 
 pids=()
 versions=()
-for version in "$KEEL_CONTAINERD_V22" "$KEEL_CONTAINERD_V24"; do
+for version in "$KEEL_CONTAINERD_V17" "$KEEL_CONTAINERD_V22" "$KEEL_CONTAINERD_V24"; do
 	if have_containerd "$version"; then
 		log "containerd $version already in $KEEL_CONTAINERD_PREFIX/containerd-$version/bin"
 		continue
