@@ -23,11 +23,18 @@ import (
 	"github.com/keel-shim/keel/runtime"
 )
 
-// Observer hears of process starts and exits in the order they happen. It
-// is called with the process's lock held, so it gets the process's status
-// as an argument, and must not block or call back into the process.
+// Observer hears of lifecycle changes in the order they happen: it is
+// called with the process's lock held (so it gets the status as an
+// argument, and must not block or call back into the process), and a
+// container's Created comes before anything else of it can be reported.
+// This is the one path events take, so their order is the order of the
+// changes.
 type Observer interface {
+	Created(c *Container, st Status)
 	Started(c *Container, p *Process, st Status)
+	// Transitioned reports a pause or a resume of the container.
+	Transitioned(c *Container, op Op)
+	Checkpointed(c *Container, imagePath string)
 	Exited(c *Container, p *Process, st Status)
 	OOM(c *Container)
 }
@@ -62,6 +69,7 @@ type Container struct {
 	rt           *runtime.Runtime
 	reaper       *reaper.Reaper
 	obs          Observer
+	log          *slog.Logger
 	init         *Process
 	cg           *cgroup.Cgroup // nil if it could not be found
 	stopOOM      func()
@@ -86,8 +94,12 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 	c := &Container{
 		ID: cfg.ID, Bundle: cfg.Bundle, rt: d.Runtime, reaper: d.Reaper, obs: d.Observer,
 		restoreFrom: cfg.Checkpoint, noPivot: cfg.NoPivot, noNewKeyring: cfg.NoNewKeyring,
-		sharedPidNS: cfg.Spec.SharedPidNS,
+		sharedPidNS: cfg.Spec.SharedPidNS, log: d.Log,
 	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.log = c.log.With("id", cfg.ID)
 	c.ioCfg = IOConfig{
 		ContainerID: cfg.ID, Namespace: cfg.Namespace, UID: cfg.IoUID, GID: cfg.IoGID,
 		Buffer: cfg.Output, Reaper: d.Reaper, Log: d.Log,
@@ -101,7 +113,7 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 		c.mounted = true
 		defer func() {
 			if err != nil {
-				_ = UnmountAll(rootfs)
+				c.logErr("unmount rootfs after a failed create", UnmountAll(rootfs))
 			}
 		}()
 	}
@@ -112,14 +124,20 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 	c.init = newProcess(c, "", cfg.Stdio)
 	c.init.state, c.init.io = Created, io
 	if c.restoreFrom != "" {
-		return c, nil // the runtime restores the checkpoint at Start
+		// The runtime restores the checkpoint at Start.
+		c.obs.Created(c, c.init.Status())
+		return c, nil
 	}
 	pid, exits, err := c.launch(ctx, io, func(o runtime.CreateOpts) error { return c.rt.Create(ctx, c.ID, o) })
 	if err != nil {
 		io.Close()
 		return nil, err
 	}
+	c.init.mu.Lock()
 	c.init.pid = pid
+	c.obs.Created(c, c.init.statusLocked())
+	c.init.mu.Unlock()
+	// Only now may the init's exit be reported: after its creation.
 	go c.init.await(exits)
 	c.watchCgroup(pid)
 	return c, nil
@@ -145,7 +163,9 @@ func (c *Container) launch(ctx context.Context, io *IO, call func(runtime.Create
 	}
 	if err != nil {
 		// A runtime that failed half way may have left state behind.
-		_ = c.rt.Delete(context.WithoutCancel(ctx), c.ID, true)
+		if derr := c.rt.Delete(context.WithoutCancel(ctx), c.ID, true); !errdefs.IsNotFound(derr) {
+			c.logErr("delete after a failed create", derr)
+		}
 		return 0, nil, err
 	}
 	return pid, w.Started(pid), nil
@@ -189,7 +209,11 @@ func (c *Container) Checkpoint(ctx context.Context, o runtime.CheckpointOpts) er
 	if p.state != Running && p.state != Paused {
 		return fmt.Errorf("cannot checkpoint a %s container: %w", p.state, errdefs.ErrFailedPrecondition)
 	}
-	return c.rt.Checkpoint(ctx, c.ID, o)
+	if err := c.rt.Checkpoint(ctx, c.ID, o); err != nil {
+		return err
+	}
+	c.obs.Checkpointed(c, o.ImagePath)
+	return nil
 }
 
 // watchCgroup finds the container's cgroup from its init and watches it
@@ -198,11 +222,22 @@ func (c *Container) Checkpoint(ctx context.Context, o runtime.CheckpointOpts) er
 func (c *Container) watchCgroup(pid int) {
 	cg, err := cgroup.ForPid(cgroup.DefaultRoot, pid)
 	if err != nil {
+		c.log.Debug("no cgroup: no metrics, no OOM events", "pid", pid, "error", err)
 		return
 	}
 	c.cg = cg
-	if stop, err := cg.WatchOOM(func() { c.obs.OOM(c) }); err == nil {
-		c.stopOOM = stop
+	stop, err := cg.WatchOOM(func() { c.obs.OOM(c) })
+	if err != nil {
+		c.logErr("watch for OOM kills", err)
+		return
+	}
+	c.stopOOM = stop
+}
+
+// logErr logs a failure that has no caller to return to.
+func (c *Container) logErr(what string, err error) {
+	if err != nil {
+		c.log.Error(what, "error", err)
 	}
 }
 
@@ -316,7 +351,8 @@ func (c *Container) initExited() {
 	c.execs.initExited = true
 	c.execs.mu.Unlock()
 	if c.sharedPidNS {
-		_ = c.rt.Kill(context.Background(), c.ID, syscall.SIGKILL, true)
+		err := c.rt.Kill(context.Background(), c.ID, syscall.SIGKILL, true)
+		c.logErr("kill what is left of the container after its init exited", err)
 	}
 }
 

@@ -149,7 +149,7 @@ func (p *Process) await(exits <-chan reaper.Exit) {
 	if p.IsInit() {
 		// Recorded at once, before anything can fail: if the shim dies
 		// now, `delete` still reports how the container ended.
-		_ = SaveExit(p.c.Bundle, e)
+		p.c.logErr("record the init's exit in the bundle", SaveExit(p.c.Bundle, e))
 		p.c.initExited()
 	}
 	p.mu.Lock()
@@ -288,6 +288,7 @@ func (p *Process) transition(ctx context.Context, op Op, do func(context.Context
 		return err
 	}
 	p.state = to
+	p.c.obs.Transitioned(p.c, op)
 	return nil
 }
 

@@ -4,6 +4,7 @@ package process
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -246,7 +247,9 @@ func (p *IO) copyOut(dst, src *os.File) {
 		go func() {
 			defer p.outputs.Done()
 			defer dst.Close()
-			_, _ = copyStream(dst, src)
+			if _, err := copyStream(dst, src); err != nil && !errors.Is(err, os.ErrClosed) && p.cfg.Log != nil {
+				p.cfg.Log.Warn("copy output", "id", p.cfg.ContainerID, "to", dst.Name(), "error", err)
+			}
 		}()
 		return
 	}

@@ -33,6 +33,8 @@ type Config struct {
 	Root          string // the runtime's state directory (--root)
 	SystemdCgroup bool
 	CriuPath      string // the criu binary, if not the runtime's default (--criu)
+	// Timeout bounds a call whose context has no deadline; 0 is callTimeout.
+	Timeout time.Duration `json:",omitempty"`
 	// LogDir holds the runtime's per-call JSON logs (the bundle).
 	LogDir string
 }
@@ -218,8 +220,12 @@ const callTimeout = 2 * time.Minute
 // the call; a runtime that dies before it logs leaves its complaint there.
 func (r *Runtime) call(ctx context.Context, stdio *Stdio, args ...string) ([]byte, error) {
 	if _, ok := ctx.Deadline(); !ok {
+		timeout := r.cfg.Timeout
+		if timeout <= 0 {
+			timeout = callTimeout
+		}
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, callTimeout)
+		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
 	logFile, err := os.CreateTemp(r.cfg.LogDir, ".runtime-*.log")

@@ -17,11 +17,13 @@ import (
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/keel-shim/keel/process/fakeruntime"
 	"github.com/keel-shim/keel/process/reaper"
 )
 
@@ -58,30 +60,6 @@ var methodNames = []string{
 	"Kill", "Exec", "ResizePty", "CloseIO", "Update", "Wait", "Stats", "Connect", "Shutdown",
 }
 
-// fakeRuntime is an OCI runtime with runc's command line whose container
-// init is a sleep; state lives in FAKE_STATE.
-const fakeRuntime = `#!/bin/sh
-while [ $# -gt 0 ]; do
-	case "$1" in --root|--log|--log-format) shift 2 ;; --systemd-cgroup) shift ;; *) break ;; esac
-done
-cmd=$1; shift
-pidfile=
-while [ $# -gt 1 ]; do
-	case "$1" in --pid-file) pidfile=$2; shift 2 ;; --bundle|--console-socket|--process|--resources|--image-path|--work-path) shift 2 ;; *) shift ;; esac
-done
-case $cmd in
-create|exec)
-	# Short-lived, so that a fuzz worker killed mid-run leaves nothing for long.
-	sleep 60 </dev/null >/dev/null 2>&1 &
-	echo $! > "$pidfile"
-	[ $cmd = create ] && echo $! > "$FAKE_STATE/init" ;;
-kill|delete) kill -9 "$(cat "$FAKE_STATE/init" 2>/dev/null)" 2>/dev/null; exit 0 ;;
-ps) echo "[$(cat "$FAKE_STATE/init")]" ;;
-start|pause|resume|update) exit 0 ;;
-*) echo "{\"level\":\"error\",\"msg\":\"fake runtime: no $cmd\"}" >&2; exit 1 ;;
-esac
-`
-
 type fuzzHarness struct {
 	svc     *Service
 	methods map[string]ttrpc.Method
@@ -98,14 +76,15 @@ var (
 )
 
 func newFuzzHarness(f *testing.F) *fuzzHarness {
-	fuzzOnce.Do(func() { fuzzShared, fuzzInitErr = buildFuzzHarness() })
+	r := testReaper(f)
+	fuzzOnce.Do(func() { fuzzShared, fuzzInitErr = buildFuzzHarness(r) })
 	if fuzzInitErr != nil {
-		f.Skipf("fuzz harness: %v", fuzzInitErr)
+		f.Fatalf("fuzz harness: %v", fuzzInitErr)
 	}
 	return fuzzShared
 }
 
-func buildFuzzHarness() (*fuzzHarness, error) {
+func buildFuzzHarness(r *reaper.Reaper) (*fuzzHarness, error) {
 	// The fuzz worker talks to its coordinator over inherited fds that are
 	// not close-on-exec; the fake runtime's sleeps would keep them open
 	// and hang the coordinator after the worker exits.
@@ -116,24 +95,23 @@ func buildFuzzHarness() (*fuzzHarness, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := filepath.Join(dir, "fake-runtime")
-	if err := os.WriteFile(rt, []byte(fakeRuntime), 0o755); err != nil {
+	rt, err := fakeruntime.Write(dir)
+	if err != nil {
 		return nil, err
 	}
-	os.Setenv("FAKE_STATE", dir)
-	bundle := filepath.Join(dir, "c1")
-	if err := os.MkdirAll(bundle, 0o700); err != nil {
+	// Short-lived, so that a fuzz worker killed mid-run leaves nothing for long.
+	if err := rt.InitCommand("exec sleep 60"); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"linux":{"namespaces":[{"type":"pid"}]}}`), 0o600); err != nil {
+	if err := rt.ExecCommand("exec sleep 60"); err != nil {
 		return nil, err
 	}
-	r, err := reaper.New()
+	bundle, err := fakeruntime.Bundle(dir, "c1", false)
 	if err != nil {
 		return nil, err
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc := NewService("fuzz", log, r, NewPublisher("", "fuzz", log), &Options{Runc: &options.Options{BinaryName: rt, Root: dir}}, func() {})
+	svc := NewService("fuzz", log, r, NewPublisher("", "fuzz", log), &Options{Runc: &options.Options{BinaryName: rt.Binary, Root: rt.Root}}, func() {})
 	return &fuzzHarness{svc: svc, methods: taskMethods(svc).Methods, guard: errorBoundary(log), dir: dir, bundle: bundle}, nil
 }
 
@@ -203,8 +181,15 @@ func (h *fuzzHarness) call(t *testing.T, name string, payload []byte) {
 		_, err := h.guard(ctx, unmarshal, &ttrpc.UnaryServerInfo{FullMethod: name}, h.methods[name])
 		return err
 	})
-	if err != nil && strings.Contains(err.Error(), "internal error") {
-		t.Fatalf("%s panicked: %v", name, err)
+	// Every error has the kind the README promises: a panic is Internal,
+	// an error nobody classified is Unknown; neither may reach containerd.
+	if err != nil {
+		switch native := errgrpc.ToNative(err); {
+		case errdefs.IsInternal(native):
+			t.Fatalf("%s panicked: %v", name, err)
+		case errdefs.IsUnknown(native):
+			t.Fatalf("%s failed without an errdefs kind: %v", name, err)
+		}
 	}
 }
 

@@ -39,9 +39,9 @@ type Service struct {
 	onShutdown func()
 
 	mu         sync.Mutex
-	containers map[string]*process.Container // guarded by mu
-	creating   map[string]bool               // guarded by mu; IDs being created
-	shutdown   bool                          // guarded by mu
+	containers map[string]*process.Container         // guarded by mu
+	creating   map[string]*taskapi.CreateTaskRequest // guarded by mu; being created
+	shutdown   bool                                  // guarded by mu
 }
 
 var empty = &emptypb.Empty{}
@@ -56,7 +56,7 @@ func NewService(ns string, log *slog.Logger, r *reaper.Reaper, events *Publisher
 	return &Service{
 		ns: ns, log: log, reaper: r, events: events, defaults: defaults, onShutdown: onShutdown,
 		containers: make(map[string]*process.Container),
-		creating:   make(map[string]bool),
+		creating:   make(map[string]*taskapi.CreateTaskRequest),
 	}
 }
 
@@ -94,7 +94,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		return nil, err
 	}
 	s.mu.Lock()
-	if s.containers[r.ID] != nil || s.creating[r.ID] {
+	if s.containers[r.ID] != nil || s.creating[r.ID] != nil {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("container %q: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
@@ -102,7 +102,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		s.mu.Unlock()
 		return nil, fmt.Errorf("shim is shutting down: %w", errdefs.ErrFailedPrecondition)
 	}
-	s.creating[r.ID] = true
+	s.creating[r.ID] = r
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -135,12 +135,38 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
-	s.events.Publish(r.Bundle, TopicCreate, &eventstypes.TaskCreate{
-		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Checkpoint: r.Checkpoint, Pid: uint32(pid),
-		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
-	})
 	s.log.Info("created", "id", r.ID, "pid", pid)
 	return &taskapi.CreateTaskResponse{Pid: uint32(pid)}, nil
+}
+
+// Created publishes the TaskCreate of a container Create is making, before
+// anything else of it can be published.
+func (s *Service) Created(c *process.Container, st process.Status) {
+	s.mu.Lock()
+	r := s.creating[c.ID]
+	s.mu.Unlock()
+	if r == nil {
+		return
+	}
+	s.events.Publish(r.Bundle, TopicCreate, &eventstypes.TaskCreate{
+		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Checkpoint: r.Checkpoint, Pid: uint32(st.Pid),
+		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+	})
+}
+
+// Transitioned publishes a pause or a resume.
+func (s *Service) Transitioned(c *process.Container, op process.Op) {
+	switch op {
+	case process.OpPause:
+		s.events.Publish(c.Bundle, TopicPaused, &eventstypes.TaskPaused{ContainerID: c.ID})
+	case process.OpResume:
+		s.events.Publish(c.Bundle, TopicResumed, &eventstypes.TaskResumed{ContainerID: c.ID})
+	}
+}
+
+// Checkpointed publishes a checkpoint that was written.
+func (s *Service) Checkpointed(c *process.Container, imagePath string) {
+	s.events.Publish(c.Bundle, TopicCheckpoint, &eventstypes.TaskCheckpointed{ContainerID: c.ID, Checkpoint: imagePath})
 }
 
 func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.StartResponse, error) {
@@ -297,23 +323,24 @@ func (s *Service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.Pi
 }
 
 func (s *Service) Pause(ctx context.Context, r *taskapi.PauseRequest) (*emptypb.Empty, error) {
-	return s.freeze(ctx, r.ID, (*process.Process).Pause, TopicPaused, &eventstypes.TaskPaused{ContainerID: r.ID})
-}
-
-func (s *Service) Resume(ctx context.Context, r *taskapi.ResumeRequest) (*emptypb.Empty, error) {
-	return s.freeze(ctx, r.ID, (*process.Process).Resume, TopicResumed, &eventstypes.TaskResumed{ContainerID: r.ID})
-}
-
-// freeze pauses or resumes the container and publishes the event.
-func (s *Service) freeze(ctx context.Context, id string, op func(*process.Process, context.Context) error, topic string, event proto.Message) (*emptypb.Empty, error) {
-	c, err := s.container(id)
+	c, err := s.container(r.ID)
 	if err != nil {
 		return nil, err
 	}
-	if err := op(c.Init(), ctx); err != nil {
+	if err := c.Init().Pause(ctx); err != nil {
 		return nil, err
 	}
-	s.events.Publish(c.Bundle, topic, event)
+	return empty, nil
+}
+
+func (s *Service) Resume(ctx context.Context, r *taskapi.ResumeRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Init().Resume(ctx); err != nil {
+		return nil, err
+	}
 	return empty, nil
 }
 
@@ -434,7 +461,6 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskReque
 	if err != nil {
 		return nil, fmt.Errorf("%w (CRIU's log: %s)", err, filepath.Join(workPath, "dump.log"))
 	}
-	s.events.Publish(c.Bundle, TopicCheckpoint, &eventstypes.TaskCheckpointed{ContainerID: r.ID, Checkpoint: imagePath})
 	return empty, nil
 }
 

@@ -79,7 +79,7 @@ func TestRuntimeOptionsFromCRITOMLRejects(t *testing.T) {
 		"OutputBufferSize = 2147483648",
 		"OutputBufferPolicy = \"drop-newest\"",
 		"OutputBufferPolicy = \"drop-oldest\"", // without a size
-		"[BinaryName]\nx = 1",                   // a table, not a string
+		"[BinaryName]\nx = 1",                  // a table, not a string
 		"IoUid = 4294967296",
 		"IoUid = 1.5",
 	} {
