@@ -281,21 +281,14 @@ func requireFIFO(path string) error {
 }
 
 // openLogFile opens a file:// target for appending, creating its parent
-// directories. It is opened without O_APPEND, positioned at the end,
-// because splice(2) refuses O_APPEND files; the shim is its only writer.
+// directories. O_APPEND, as containerd opens it: the init and each exec
+// have their own fd on the same file, and a logrotate copytruncate must
+// not leave the next write past a hole.
 func openLogFile(path string) (*os.File, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_CLOEXEC, 0o640)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := f.Seek(0, io.SeekEnd); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC, 0o640)
 }
 
 // newPipe makes a pipe owned by the configured IO user, so that a

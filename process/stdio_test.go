@@ -272,3 +272,41 @@ func TestCopyStreamBigWritesSmallReads(t *testing.T) {
 		outR.Close()
 	}
 }
+
+// TestLogFileSharedAndTruncated: the init and an exec each open the same
+// file:// log; neither overwrites the other's lines, and after a
+// logrotate-style copytruncate the next line lands at the start of the
+// file, not after a hole of NUL bytes.
+func TestLogFileSharedAndTruncated(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.log")
+	a, err := openLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := openLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, w := range []struct {
+		f    *os.File
+		line string
+	}{{a, "init-1\n"}, {b, "exec-1\n"}, {a, "init-2\n"}} {
+		if _, err := copyStream(w.f, feed(t, []byte(w.line))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := os.ReadFile(path); string(got) != "init-1\nexec-1\ninit-2\n" {
+		t.Fatalf("shared log = %q, want every line of both writers", got)
+	}
+	if err := os.Truncate(path, 0); err != nil { // copytruncate
+		t.Fatal(err)
+	}
+	if _, err := copyStream(a, feed(t, []byte("after\n"))); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); string(got) != "after\n" {
+		t.Fatalf("log after truncation = %q, want %q", got, "after\n")
+	}
+}
