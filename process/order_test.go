@@ -5,6 +5,10 @@ package process
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,6 +18,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/keel-shim/keel/process/fakeruntime"
+	"github.com/keel-shim/keel/process/reaper"
 	"github.com/keel-shim/keel/runtime"
 )
 
@@ -248,4 +253,69 @@ func TestWedgedRuntime(t *testing.T) {
 		t.Errorf("init status %+v, want 137", st)
 	}
 	h.want("create start:init exit:init:137")
+}
+
+// TestKillAfterReapNeverHitsARecycledPid: an exec that has been reaped
+// stays Running while its output drains (a grandchild holds the pipe); a
+// Kill then must not reach whatever process has been given its pid since.
+func TestKillAfterReapNeverHitsARecycledPid(t *testing.T) {
+	h := newHarness(t)
+	// The exec leaves a grandchild holding its stdout, then exits.
+	if err := h.rt.ExecCommand("sleep 1000 & exit 0"); err != nil {
+		t.Fatal(err)
+	}
+	c := h.mustCreate("c1", false)
+	mustStart(t, c.Init())
+	log := "file://" + filepath.Join(h.dir, "e1.log")
+	e, err := c.AddExec("e1", []byte(`{"args":["sh"]}`), Stdio{Stdout: log, Stderr: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustStart(t, e)
+	pid := e.Status().Pid
+	// Wait until it has been reaped: its pid is free, its state Running.
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the exec never exited")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := e.Status(); st.State != Running {
+		t.Skipf("the exec's output drained already (state %s): nothing to test", st.State)
+	}
+	victim, victimExit := recyclePid(t, pid)
+	defer victim.Process.Kill()
+	err = e.Kill(context.Background(), syscall.SIGKILL, false)
+	if !errdefs.IsNotFound(err) {
+		t.Errorf("Kill of the reaped exec: %v, want NotFound", err)
+	}
+	select {
+	case ex := <-victimExit:
+		t.Fatalf("Kill of a reaped exec killed the process that was given its pid since (status %d)", ex.Status)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// recyclePid starts a process that gets pid, which must be free: the
+// kernel hands out the pid after ns_last_pid next. Needs root.
+func recyclePid(t *testing.T, pid int) (*exec.Cmd, <-chan reaper.Exit) {
+	t.Helper()
+	for try := 0; try < 20; try++ {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
+			t.Skipf("cannot choose the next pid (needs root): %v", err)
+		}
+		cmd := exec.Command("sleep", "1000")
+		// Started through the reaper, the only waiter in this binary.
+		exit, err := testReaper(t).Start(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Process.Pid == pid {
+			return cmd, exit
+		}
+		cmd.Process.Kill()
+	}
+	t.Skipf("pid %d was taken by another process each time", pid)
+	return nil, nil
 }

@@ -39,6 +39,9 @@ type Process struct {
 	pid   int         // guarded by mu
 	exit  reaper.Exit // guarded by mu; set once Stopped
 	io    *IO         // guarded by mu
+	pidfd *os.File    // guarded by mu; an exec's, until its exit is recorded
+	// reaped: the exit is known (output may still drain): the pid is free.
+	reaped bool // guarded by mu
 	done  chan struct{}
 }
 
@@ -138,7 +141,10 @@ func (p *Process) startExec(ctx context.Context) (err error) {
 		return err
 	}
 	p.io = io
-	go p.await(w.Started(p.pid))
+	exits, pidfd := w.StartedPidfd(p.pid)
+	p.pidfd = pidfd
+	p.reaped = len(exits) > 0 // it exited before the pid file was read
+	go p.await(exits)
 	return nil
 }
 
@@ -146,6 +152,9 @@ func (p *Process) startExec(ctx context.Context) (err error) {
 // and, for the init, after all exec exits were reported.
 func (p *Process) await(exits <-chan reaper.Exit) {
 	e := <-exits
+	p.mu.Lock()
+	p.reaped = true
+	p.mu.Unlock()
 	if p.IsInit() {
 		// Recorded at once, before anything can fail: if the shim dies
 		// now, `delete` still reports how the container ended.
@@ -165,6 +174,10 @@ func (p *Process) await(exits <-chan reaper.Exit) {
 	p.mu.Lock()
 	to, _ := next(p.state, OpExit) // an exit is legal in every live state
 	p.state, p.exit = to, e
+	if p.pidfd != nil {
+		p.pidfd.Close()
+		p.pidfd = nil
+	}
 	if to == Stopped {
 		p.c.obs.Exited(p.c, p, p.statusLocked())
 	}
@@ -190,10 +203,21 @@ func (p *Process) Kill(ctx context.Context, sig syscall.Signal, all bool) error 
 	if p.state == Created {
 		return fmt.Errorf("exec %s is not started: %w", p.ExecID, errdefs.ErrFailedPrecondition)
 	}
-	if err := unix.Kill(p.pid, sig); err != nil {
-		if errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
-		}
+	// Through the pidfd where there is one: once reaped (its output may
+	// still be draining) the pid may already be another process's.
+	var err error
+	switch {
+	case p.pidfd != nil:
+		err = unix.PidfdSendSignal(int(p.pidfd.Fd()), sig, nil, 0)
+	case p.reaped:
+		err = unix.ESRCH
+	default: // a kernel without pidfd_open
+		err = unix.Kill(p.pid, sig)
+	}
+	if errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
+	}
+	if err != nil {
 		return fmt.Errorf("kill exec %s: %w", p.ExecID, err)
 	}
 	return nil

@@ -171,17 +171,38 @@ type Watch struct {
 // Started registers pid and closes the watch. The channel receives the exit,
 // at once if the process exited before Started was called.
 func (w *Watch) Started(pid int) <-chan Exit {
+	ch, _ := w.started(pid, false)
+	return ch
+}
+
+// StartedPidfd is Started that also returns a pidfd of the process, to
+// signal it by: the pid alone may name another process once this one has
+// been reaped. The pidfd is nil if the process has already exited or the
+// kernel has no pidfd_open. The caller closes it.
+func (w *Watch) StartedPidfd(pid int) (<-chan Exit, *os.File) {
+	return w.started(pid, true)
+}
+
+func (w *Watch) started(pid int, withPidfd bool) (<-chan Exit, *os.File) {
 	ch := make(chan Exit, 1)
 	w.r.mu.Lock()
 	defer w.r.mu.Unlock()
 	delete(w.r.watches, w)
+	var pidfd *os.File
 	if e, ok := w.early[pid]; ok {
 		ch <- e
 	} else {
 		w.r.waiters[pid] = ch
+		// Not reaped yet, and nobody but this reaper (whose lock is held)
+		// reaps the shim's children: pid is still the process.
+		if withPidfd {
+			if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+				pidfd = os.NewFile(uintptr(fd), "pidfd")
+			}
+		}
 	}
 	w.early = nil
-	return ch
+	return ch, pidfd
 }
 
 // Close abandons the watch (the process failed to start). Safe after Started.
