@@ -52,9 +52,11 @@ func ParseBootstrap(stdin []byte, id, ns, ttrpcEnv string) (Bootstrap, error) {
 		}
 		b.SocketDir = params.GetSocketDir()
 		b.Debug = params.GetLogLevel() < bootstrap.LogLevel_LOG_LEVEL_INFO
+		// Extensions carry other configuration too (a pod's sandbox
+		// config, NRI's): the runtime options are the one of their type.
 		for _, ext := range params.GetExtensions() {
-			if ext.GetValue() != nil && b.Options == nil {
-				b.Options = ext.GetValue()
+			if v := ext.GetValue(); b.Options == nil && isRuntimeOptions(v) {
+				b.Options = v
 			}
 		}
 		return b, nil

@@ -171,3 +171,28 @@ func TestReply(t *testing.T) {
 		t.Errorf("BootstrapResult = %v; want version 3, protocol ttrpc, address %q", &res, address)
 	}
 }
+
+// TestBootstrapOptionsByType: the runtime options are the extension of
+// their type, wherever it stands among the others.
+func TestBootstrapOptionsByType(t *testing.T) {
+	other, err := anypb.New(&bootstrap.BootstrapResult{Address: "not options"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := typeurl.MarshalAnyToProto(runcOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &bootstrap.BootstrapParams{
+		InstanceID: testID, Namespace: testNS, ContainerdVersion: "v2.4.0",
+		Extensions: []*bootstrap.Extension{{Value: other}, {Value: opts}},
+	}
+	b, err := ParseBootstrap(mustMarshal(t, p), testID, testNS, envTTRPC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := runtimeOptions(b.Options, nil)
+	if err != nil || !proto.Equal(o.Runc, runcOptions()) {
+		t.Fatalf("options %v, %v; want the runc options extension", o, err)
+	}
+}

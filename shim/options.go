@@ -98,6 +98,11 @@ func runtimeOptions(a *anypb.Any, defaults *Options) (*Options, error) {
 		opts.ProtoReflect().Descriptor().FullName(), generic.ProtoReflect().Descriptor().FullName(), errdefs.ErrInvalidArgument)
 }
 
+// isRuntimeOptions tells whether a holds runtime options Keel reads.
+func isRuntimeOptions(a *anypb.Any) bool {
+	return a != nil && (isType(a, &options.Options{}) || isType(a, &runtimeoptions.Options{}))
+}
+
 // isType tells whether a holds a message of m's type, named as typeurl
 // names it (the full name) or with a type.googleapis.com/ style prefix.
 func isType(a *anypb.Any, m proto.Message) bool {
