@@ -193,6 +193,11 @@ func Serve(f Flags) error {
 	if err != nil {
 		return fmt.Errorf("inherited socket: %w", err)
 	}
+	// `start` made the file just now; it is ours until we remove it.
+	socket, err := ownSocket(f.Socket)
+	if err != nil {
+		return err
+	}
 	defaults, err := daemonOptions()
 	if err != nil {
 		return err
@@ -210,15 +215,24 @@ func Serve(f Flags) error {
 		}
 	}()
 	go dumpStacksOnSignal(log)
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
 	log.Info("serving", "socket", f.Socket, "pid", os.Getpid())
-	<-stop
+	select {
+	case <-stop:
+	case sig := <-term:
+		// Containers keep running; their exits are containerd's to learn
+		// from `delete` and the records in their bundles.
+		log.Warn("stopping on a signal", "signal", sig)
+	}
 
-	// Stop taking calls (letting the Shutdown reply go out) and free the
-	// socket for a successor, then deliver every event still owed.
+	// Free the socket for a successor (if it is still ours: a `start` for
+	// the same group may have replaced it), stop taking calls, letting a
+	// Shutdown reply go out, then deliver every event still owed.
+	socket.remove()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_ = srv.Shutdown(ctx)
 	cancel()
-	os.Remove(f.Socket)
 	events.Close(eventFlushTimeout)
 	log.Info("exiting")
 	return nil
@@ -242,7 +256,9 @@ func daemonOptions() (*Options, error) {
 }
 
 // newLogger logs to the "log" FIFO containerd opened in the bundle, so the
-// shim's lines appear in containerd's log.
+// shim's lines appear in containerd's log. The FIFO becomes the daemon's
+// stderr too: a panic outside a request handler, or anything else the Go
+// runtime prints as it dies, reaches containerd's log instead of nowhere.
 func newLogger(f Flags) *slog.Logger {
 	level := slog.LevelInfo
 	if f.Debug {
@@ -251,8 +267,8 @@ func newLogger(f Flags) *slog.Logger {
 	var w io.Writer = io.Discard
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if fw, err := fifo.OpenFifo(ctx, "log", syscall.O_WRONLY, 0o700); err == nil {
-		w = fw
+	if _, err := fifo.OpenFifoDup2(ctx, "log", syscall.O_WRONLY, 0o700, int(os.Stderr.Fd())); err == nil {
+		w = os.Stderr
 	}
 	h := slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
 	return slog.New(h).With("shim", "keel", "namespace", f.Namespace)

@@ -98,3 +98,38 @@ func TestPeerOfAnotherUserRefused(t *testing.T) {
 		t.Fatalf("the owner's own client was refused (code %d)", code)
 	}
 }
+
+// TestSocketRemovesOnlyItsOwn: a stopping shim whose socket path has been
+// taken over by a successor leaves the successor's socket alone.
+func TestSocketRemovesOnlyItsOwn(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s", "shim.sock")
+	old, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, err := ownSocket(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	// The old shim stopped serving; a new `start` replaces the file (a
+	// moment later: a shim lives longer than a clock tick).
+	time.Sleep(10 * time.Millisecond)
+	successor, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer successor.Close()
+	mine.remove()
+	if _, err := os.Lstat(path); err != nil {
+		t.Fatalf("the successor's socket was removed: %v", err)
+	}
+	theirs, err := ownSocket(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs.remove()
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Fatalf("a shim's own socket was left: %v", err)
+	}
+}

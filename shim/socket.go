@@ -91,3 +91,31 @@ func serving(path string) bool {
 	c.Close()
 	return true
 }
+
+// socketFile identifies the socket file a shim serves, so that it removes
+// only its own: the path is shared by every shim of the group over time,
+// and a `start` may have replaced the file with its successor's. The
+// change time is part of the identity because a file system may give the
+// successor the inode number just freed.
+type socketFile struct {
+	path     string
+	dev, ino uint64
+	ctime    syscall.Timespec
+}
+
+// ownSocket records the socket file at path as this shim's.
+func ownSocket(path string) (socketFile, error) {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(path, &st); err != nil {
+		return socketFile{}, fmt.Errorf("stat own socket: %w", err)
+	}
+	return socketFile{path: path, dev: st.Dev, ino: st.Ino, ctime: st.Ctim}, nil
+}
+
+// remove deletes the socket file if it is still this shim's.
+func (s socketFile) remove() {
+	var st syscall.Stat_t
+	if syscall.Lstat(s.path, &st) == nil && st.Dev == s.dev && st.Ino == s.ino && st.Ctim == s.ctime {
+		os.Remove(s.path)
+	}
+}
