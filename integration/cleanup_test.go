@@ -26,13 +26,19 @@ func (d *Daemon) cleanup(t testing.TB) {
 		d.stop(t)
 	}
 	d.killStrayShims(t)
-	for _, id := range d.ids {
+	forceDelete := func(ns, id string) {
 		// Left only if a shim died without deleting its container.
-		root := filepath.Join("/run/containerd/runc", d.Namespace)
+		root := filepath.Join("/run/containerd/runc", ns)
 		if _, err := os.Stat(filepath.Join(root, id)); err == nil {
 			out, err := exec.Command("runc", "--root", root, "delete", "--force", id).CombinedOutput()
 			t.Logf("cleanup: runc delete %s: %v %s", id, err, out)
 		}
+	}
+	for _, id := range d.ids {
+		forceDelete(d.Namespace, id)
+	}
+	for _, id := range d.criIDs {
+		forceDelete(criNamespace, id)
 	}
 	unmountUnder(t, d.Dir)
 	if err := os.RemoveAll(d.Dir); err != nil {
@@ -164,6 +170,17 @@ func (d *Daemon) removeCgroups() {
 	}
 	// runc's state root for the namespace, once empty.
 	os.Remove(filepath.Join("/run/containerd/runc", d.Namespace))
+	// The pods' cgroups: runc removes a container's own cgroup, the kubelet
+	// the pod's parent.
+	for _, r := range roots {
+		for _, parent := range d.criCgroups {
+			dir := filepath.Join(r, parent)
+			for _, id := range d.criIDs {
+				os.Remove(filepath.Join(dir, id))
+			}
+			os.Remove(dir)
+		}
+	}
 }
 
 // dumpLog prints containerd's log, which holds the shim's log too, leaving

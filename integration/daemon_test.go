@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,9 +23,9 @@ import (
 )
 
 // allVersions are the containerd generations every test runs against, in order.
-var allVersions = []string{"1.6", "2.2", "2.4"}
+var allVersions = []string{"1.6", "1.7", "2.2", "2.4"}
 
-// forEachVersion runs fn as subtests "1.6", "2.2", "2.4", one after the
+// forEachVersion runs fn as subtests "1.6", "1.7", "2.2", "2.4", one after the
 // other, each with its own private containerd. KEEL_TEST_VERSIONS=2.4,1.6
 // narrows the list while developing.
 func forEachVersion(t *testing.T, fn func(t *testing.T, d *Daemon)) {
@@ -38,7 +39,10 @@ func forEachVersion(t *testing.T, fn func(t *testing.T, d *Daemon)) {
 }
 
 // Daemon is a private containerd: its own root, state, sockets and config in
-// a short temp dir, so it never touches the machine's containerd.
+// a short temp dir, so it never touches the machine's containerd. It runs
+// as systemd runs containerd.service: with the config its own
+// `containerd config default` prints (CRI included, see config_test.go)
+// and with NOTIFY_SOCKET naming a socket the test reads (notify_test.go).
 type Daemon struct {
 	Version   string
 	Dir       string
@@ -52,6 +56,12 @@ type Daemon struct {
 	ids       []string // container IDs handed out, for cleanup
 	opts      DaemonOptions
 	aliasDir  string // holds "runc" for opts.OCIRuntime
+	notify    *notifySocket
+	pids      map[int]bool // every containerd process this Daemon started
+	// criIDs are the CRI's sandbox and container IDs (namespace k8s.io)
+	// and criCgroups the pods' cgroup parents, for cleanup.
+	criIDs     []string
+	criCgroups []string
 }
 
 // binDir returns where the containerd, ctr and runc shim of a version live.
@@ -63,6 +73,8 @@ func binDir(version string) (string, error) {
 	switch version {
 	case "1.6":
 		return "/usr/bin", nil // Debian 12's containerd package
+	case "1.7":
+		return filepath.Join(prefix, "containerd-"+pins["KEEL_CONTAINERD_V17"], "bin"), nil
 	case "2.2":
 		return filepath.Join(prefix, "containerd-"+pins["KEEL_CONTAINERD_V22"], "bin"), nil
 	case "2.4":
@@ -145,14 +157,22 @@ func StartContainerdWith(t testing.TB, version string, o DaemonOptions) *Daemon 
 		binDir:    bin,
 		logPath:   filepath.Join(dir, "containerd.log"),
 		opts:      o,
+		pids:      map[int]bool{},
 	}
+	if d.notify, err = listenNotify(filepath.Join(dir, "notify.sock")); err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	// Registered first, so it runs last, once containerd and every shim
+	// are gone.
+	t.Cleanup(func() { d.checkNotify(t) })
 	if o.NoUnifiedCgroup || o.OCIRuntime != "" {
-		// Registered first, so it runs after d.cleanup.
+		// Registered before d.cleanup, so it runs after it.
 		t.Cleanup(func() { d.removeCrunState(t) })
 	}
 	t.Cleanup(func() { d.cleanup(t) })
 	cfg := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfg, []byte(d.config()), 0o644); err != nil {
+	if err := d.writeConfig(cfg); err != nil {
 		t.Fatal(err)
 	}
 	if o.OCIRuntime != "" {
@@ -193,17 +213,45 @@ func (d *Daemon) launch(t testing.TB, cfg string) {
 			`if grep -q " `+unifiedCgroupMount+` " /proc/self/mountinfo; then umount -l `+unifiedCgroupMount+` || exit 1; fi; exec "$0" "$@"`,
 			filepath.Join(bin, "containerd"), "--config", cfg)
 	}
-	d.cmd.Env = append(os.Environ(), "PATH="+d.path())
+	// As systemd starts a Type=notify unit: containerd says READY=1 on
+	// NOTIFY_SOCKET, and passes its environment on to the shims.
+	d.cmd.Env = append(environWithout("NOTIFY_SOCKET", "PATH"), "PATH="+d.path(), "NOTIFY_SOCKET="+d.notify.path)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	// Own process group: a ^C to `go test` must not skip our cleanup.
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	mark := d.notify.mark()
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	d.pids[d.cmd.Process.Pid] = true
 	d.exited = make(chan struct{})
 	cmd, exited := d.cmd, d.exited
 	go func() { cmd.Wait(); close(exited) }()
-	d.waitReady(t)
+	d.waitReady(t, mark)
+}
+
+// environWithout is os.Environ() without the named variables.
+func environWithout(names ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(names, name) {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// checkNotify fails the test if anything but containerd wrote to its
+// NOTIFY_SOCKET: under systemd that would be taken for containerd's own
+// state (a runc given NOTIFY_SOCKET forwards its container's READY=1).
+func (d *Daemon) checkNotify(t testing.TB) {
+	// The daemon's dir is gone by now; its socket's messages are not.
+	for _, m := range d.notify.foreign(d.pids) {
+		t.Errorf("containerd %s's NOTIFY_SOCKET got %q from pid %d, which is not containerd (at %s)",
+			d.Version, m.Text, m.Pid, m.At.Format(time.RFC3339Nano))
+	}
+	d.notify.Close()
 }
 
 // Restart stops containerd (SIGKILL when kill, else SIGTERM), keeps it
@@ -250,49 +298,30 @@ func (d *Daemon) path() string {
 	return strings.Join(dirs, ":")
 }
 
-// config writes config version 2 for 1.6 and version 3 for 2.x (2.4 migrates
-// 3 to its own version 4 in memory). Plugins we lack the tools for, or that
-// only slow start-up, are disabled; unknown plugin IDs are ignored.
-func (d *Daemon) config() string {
-	cfgVersion := 3
-	if d.Version == "1.6" {
-		cfgVersion = 2
-	}
-	disabled := []string{
-		"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime",
-		"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-		"io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
-		"io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp",
-		"io.containerd.nri.v1.nri",
-		// opt would create /opt/containerd on the host.
-		"io.containerd.internal.v1.opt",
-	}
-	q := make([]string, len(disabled))
-	for i, p := range disabled {
-		q[i] = strconv.Quote(p)
-	}
-	return fmt.Sprintf(`version = %d
-root = %q
-state = %q
-disabled_plugins = [%s]
-
-[grpc]
-  address = %q
-
-[ttrpc]
-  address = %q
-
-[debug]
-  level = "debug"
-`, cfgVersion, filepath.Join(d.Dir, "root"), filepath.Join(d.Dir, "state"),
-		strings.Join(q, ", "), d.Address, d.Address+".ttrpc")
-}
-
 var serverVersionRE = regexp.MustCompile(`(?s)Server:.*?Version:\s+(\S+)`)
 
-func (d *Daemon) waitReady(t testing.TB) {
+// waitReady waits until containerd has said READY=1 on its NOTIFY_SOCKET
+// (after the first mark messages) and answers `ctr version`, as the
+// version under test.
+func (d *Daemon) waitReady(t testing.TB, mark int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	start := time.Now()
+	deadline := start.Add(30 * time.Second)
+	pid := d.cmd.Process.Pid
+	for {
+		ready, next := d.notify.readySince(mark, pid)
+		if ready {
+			break
+		}
+		select {
+		case <-d.exited:
+			t.Fatalf("containerd %s exited during start-up", d.Version)
+		case <-next:
+		case <-time.After(time.Until(deadline)):
+			t.Fatalf("containerd %s (pid %d) sent no READY=1 to NOTIFY_SOCKET within 30s", d.Version, pid)
+		}
+	}
+	notified := time.Since(start)
 	for {
 		select {
 		case <-d.exited:
@@ -302,14 +331,14 @@ func (d *Daemon) waitReady(t testing.TB) {
 		out, err := d.ctrQuiet(5*time.Second, "version")
 		if err == nil {
 			m := serverVersionRE.FindStringSubmatch(out)
-			if m == nil || !strings.HasPrefix(m[1], d.Version+".") {
+			if m == nil || !strings.HasPrefix(strings.TrimPrefix(m[1], "v"), d.Version+".") {
 				t.Fatalf("expected a containerd %s.x server, ctr version says:\n%s", d.Version, out)
 			}
-			t.Logf("containerd %s ready at %s (log %s)", m[1], d.Address, d.logPath)
+			t.Logf("containerd %s ready at %s (READY=1 after %v; log %s)", m[1], d.Address, notified.Round(time.Millisecond), d.logPath)
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("containerd %s did not answer within 30s: %v", d.Version, err)
+			t.Fatalf("containerd %s said READY=1 but did not answer `ctr version` within 30s: %v", d.Version, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -351,8 +380,13 @@ func exitCode(err error) int {
 
 // CtrCmd is ctr of the daemon's own version talking to it, unstarted.
 func (d *Daemon) CtrCmd(ctx context.Context, args ...string) *exec.Cmd {
+	return d.ctrCmdNS(ctx, d.Namespace, args...)
+}
+
+// ctrCmdNS is CtrCmd in another namespace, such as the CRI's "k8s.io".
+func (d *Daemon) ctrCmdNS(ctx context.Context, ns string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, filepath.Join(d.binDir, "ctr"),
-		append([]string{"-a", d.Address, "-n", d.Namespace}, args...)...)
+		append([]string{"-a", d.Address, "-n", ns}, args...)...)
 }
 
 // Ctr runs ctr and returns its stdout; a failure is a *CtrError.
@@ -364,9 +398,13 @@ func (d *Daemon) Ctr(t testing.TB, args ...string) (string, error) {
 }
 
 func (d *Daemon) ctrQuiet(timeout time.Duration, args ...string) (string, error) {
+	return d.ctrQuietNS(timeout, d.Namespace, args...)
+}
+
+func (d *Daemon) ctrQuietNS(timeout time.Duration, ns string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := d.CtrCmd(ctx, args...)
+	cmd := d.ctrCmdNS(ctx, ns, args...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
