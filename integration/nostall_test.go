@@ -37,8 +37,11 @@ func TestNoStallThroughRestart(t *testing.T) {
 		t.Skip("OutputBufferSize is Keel's own option")
 	}
 	forEachVersion(t, func(t *testing.T, d *Daemon) {
-		if d.Version == "2.2" {
-			t.Skip("1.6 and 2.4 cover both bootstraps; 30 s of downtime is not worth a third run")
+		if d.Version == "1.7" || d.Version == "2.2" {
+			// The buffer is Keel's own; containerd only matters for how it
+			// starts the shim and passes stdio, the same in 1.7 and 2.2 as
+			// in 1.6.
+			t.Skip("1.6 and 2.4 cover both bootstraps; 30 s of downtime is not worth more runs")
 		}
 		cfg := filepath.Join(d.Dir, "keel-options.toml")
 		body := fmt.Sprintf("OutputBufferSize = %d\nOutputBufferPolicy = \"block\"\n", noStallBuffer)

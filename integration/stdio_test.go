@@ -26,22 +26,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// stdioVersions are the containerd generations the stdio tests run against:
-// 1.6 speaks task API v2 and 2.4 task API v3. 2.2 speaks the same API as 1.6
-// and passes stdio the same way, so it adds nothing here but time.
-// KEEL_TEST_VERSIONS overrides the list, as for forEachVersion.
-var stdioVersions = []string{"1.6", "2.4"}
-
-func forStdioVersions(t *testing.T, fn func(t *testing.T, d *Daemon)) {
-	if os.Getenv("KEEL_TEST_VERSIONS") != "" {
-		forEachVersion(t, fn)
-		return
-	}
-	for _, v := range stdioVersions {
-		t.Run(v, func(t *testing.T) { fn(t, StartContainerd(t, v)) })
-	}
-}
-
 // isKeel tells whether the tests run against Keel rather than the reference
 // shim (KEEL_TEST_RUNTIME=io.containerd.runc.v2).
 func isKeel(d *Daemon) bool { return d.Runtime == defaultRuntime }
@@ -173,7 +157,7 @@ func checkConsecutive(t *testing.T, what string, vals []int, bad []string) {
 // it with `ctr task attach`, kills that client, and attaches again: the
 // second client must get the new output, the FIFOs surviving their reader.
 func TestAttachReattach(t *testing.T) {
-	forStdioVersions(t, func(t *testing.T, d *Daemon) {
+	forEachVersion(t, func(t *testing.T, d *Daemon) {
 		id := d.NewID("attach")
 		if _, err := d.Ctr(t, "run", "-d", "--runtime", d.Runtime, imageRef, id,
 			"sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done"); err != nil {
@@ -319,7 +303,7 @@ func runExec(t *testing.T, ctx context.Context, task containerd.Task, name strin
 // that was still on its way. Closing the exec's stdin leaves the init's
 // alone.
 func TestCloseIO(t *testing.T) {
-	forStdioVersions(t, func(t *testing.T, d *Daemon) {
+	forEachVersion(t, func(t *testing.T, d *Daemon) {
 		c, ctx := d.Client(t)
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
@@ -409,7 +393,7 @@ func TestCloseIO(t *testing.T) {
 // containerd-shim-runc-v2, only CloseIO ends a process's stdin; a client
 // that goes away does not.
 func TestAttachStdin(t *testing.T) {
-	forStdioVersions(t, func(t *testing.T, d *Daemon) {
+	forEachVersion(t, func(t *testing.T, d *Daemon) {
 		id := d.NewID("attachin")
 		// ctr gets a stdin that never ends, so it never calls CloseIO.
 		r, w, err := os.Pipe()
@@ -481,7 +465,7 @@ func withoutCtrLog(stderr []byte) []byte {
 // keeps writing to a log file: no exec output may be cut short, and no
 // stream may leak into another.
 func TestExecStdio(t *testing.T) {
-	forStdioVersions(t, func(t *testing.T, d *Daemon) {
+	forEachVersion(t, func(t *testing.T, d *Daemon) {
 		id := d.NewID("execio")
 		initLog := filepath.Join(t.TempDir(), "init.log")
 		if _, err := d.Ctr(t, "run", "-d", "--runtime", d.Runtime, "--log-uri", "file://"+initLog, imageRef, id,
@@ -595,7 +579,7 @@ func TestExecStdio(t *testing.T) {
 // non-root user runc chowns the stdio fds to that user itself
 // (fixStdioPermissions), with or without IoUid.
 func TestIoUID(t *testing.T) {
-	forStdioVersions(t, func(t *testing.T, d *Daemon) {
+	forEachVersion(t, func(t *testing.T, d *Daemon) {
 		// The container's root must reach its rootfs in the bundle, below
 		// the daemon's own 0700 temp dir.
 		if err := os.Chmod(d.Dir, 0o711); err != nil {

@@ -144,7 +144,7 @@ var promptRE = regexp.MustCompile(`(?m)^/ # `)
 // task exec -t`, inside tmux panes: the pty gets the pane's size, follows
 // its resizes, and the shell's exit status comes back to ctr.
 func TestTerminal(t *testing.T) {
-	forStdioVersions(t, func(t *testing.T, d *Daemon) {
+	forEachVersion(t, func(t *testing.T, d *Daemon) {
 		tm := newTmux(t)
 
 		t.Run("run", func(t *testing.T) {
