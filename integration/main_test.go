@@ -1,7 +1,8 @@
 //go:build linux
 
 // Package integration runs Keel end to end: real containerd daemons (Debian's
-// 1.6 and the pinned 2.x builds), real runc, and ctr as the client. Set
+// 1.6 and the pinned 1.7 and 2.x builds), real runc, and ctr, the Go client
+// and the CRI (as the kubelet uses it) as clients. Set
 // KEEL_TEST_RUNTIME=io.containerd.runc.v2 to run the same tests against the
 // reference shim, which is how the tests themselves are validated.
 package integration
@@ -30,6 +31,8 @@ var (
 	shimDir string
 	// imageTar is the busybox OCI archive every daemon imports.
 	imageTar string
+	// pauseTar is the CRI tests' sandbox image (imagebuild.PauseRef).
+	pauseTar string
 	// pins holds scripts/containerd-versions.env.
 	pins map[string]string
 )
@@ -63,6 +66,10 @@ func setup(tmp string) {
 	}
 	imageTar = filepath.Join(tmp, "busybox-oci.tar")
 	if setupErr = imagebuild.WriteOCIArchiveFile(imageTar, imagebuild.DefaultBusybox, imagebuild.Ref); setupErr != nil {
+		return
+	}
+	pauseTar = filepath.Join(tmp, "pause-oci.tar")
+	if setupErr = imagebuild.WriteOCIArchiveFileWith(pauseTar, imagebuild.DefaultBusybox, imagebuild.PauseRef, imagebuild.Pause); setupErr != nil {
 		return
 	}
 	shimDir, buildErr = buildShim(filepath.Join(tmp, "bin"))
