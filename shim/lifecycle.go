@@ -269,6 +269,11 @@ func newLogger(f Flags) *slog.Logger {
 	defer cancel()
 	if _, err := fifo.OpenFifoDup2(ctx, "log", syscall.O_WRONLY, 0o700, int(os.Stderr.Fd())); err == nil {
 		w = os.Stderr
+		// While containerd is away the FIFO has no reader, and Go kills a
+		// process whose write to fd 2 fails with EPIPE unless SIGPIPE is
+		// handled. Handled, not ignored: an ignored signal would stay
+		// ignored in the runtime and the containers the shim starts.
+		signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	}
 	h := slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
 	return slog.New(h).With("shim", "keel", "namespace", f.Namespace)
