@@ -128,47 +128,39 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 		c.obs.Created(c, c.init.Status())
 		return c, nil
 	}
-	pid, exits, err := c.launch(ctx, io, func(o runtime.CreateOpts) error { return c.rt.Create(ctx, c.ID, o) })
+	l, err := c.launchInit(ctx, io, func(o runtime.CreateOpts) error { return c.rt.Create(ctx, c.ID, o) })
 	if err != nil {
 		io.Close()
 		return nil, err
 	}
 	c.init.mu.Lock()
-	c.init.pid = pid
+	c.init.launched(l)
 	c.obs.Created(c, c.init.statusLocked())
 	c.init.mu.Unlock()
 	// Only now may the init's exit be reported: after its creation.
-	go c.init.await(exits)
-	c.watchCgroup(pid)
+	go c.init.await(l.exits)
+	c.watchCgroup(l.pid)
 	return c, nil
 }
 
-// launch makes the init process through call (the runtime's create, or
-// restore), watching for its exit from before it exists.
-func (c *Container) launch(ctx context.Context, io *IO, call func(runtime.CreateOpts) error) (int, <-chan reaper.Exit, error) {
+// launchInit makes the init process through call, the runtime's create or
+// restore. A runtime that failed half way may have left state behind: it
+// is deleted.
+func (c *Container) launchInit(ctx context.Context, io *IO, call func(runtime.CreateOpts) error) (launched, error) {
 	pidFile := filepath.Join(c.Bundle, initPidFile)
-	w := c.reaper.Watch()
-	defer w.Close()
-	err := call(runtime.CreateOpts{
-		Bundle: c.Bundle, PidFile: pidFile, ConsoleSocket: io.ConsoleSocket(),
-		NoPivot: c.noPivot, NoNewKeyring: c.noNewKeyring,
-		Stdio: io.Child(),
+	l, err := c.launch(io, pidFile, func() error {
+		return call(runtime.CreateOpts{
+			Bundle: c.Bundle, PidFile: pidFile, ConsoleSocket: io.ConsoleSocket(),
+			NoPivot: c.noPivot, NoNewKeyring: c.noNewKeyring,
+			Stdio: io.Child(),
+		})
 	})
-	if err == nil {
-		err = io.Started()
-	}
-	var pid int
-	if err == nil {
-		pid, err = readPid(pidFile)
-	}
 	if err != nil {
-		// A runtime that failed half way may have left state behind.
 		if derr := c.rt.Delete(context.WithoutCancel(ctx), c.ID, true); !errdefs.IsNotFound(derr) {
 			c.logErr("delete after a failed create", derr)
 		}
-		return 0, nil, err
 	}
-	return pid, w.Started(pid), nil
+	return l, err
 }
 
 // initPidFile is where the runtime writes the init's pid, in the bundle.
@@ -185,7 +177,7 @@ func InitPid(bundle string) int {
 // with. Called by Start with the init's lock held.
 func (c *Container) restore(ctx context.Context) error {
 	p := c.init
-	pid, exits, err := c.launch(ctx, p.io, func(o runtime.CreateOpts) error {
+	l, err := c.launchInit(ctx, p.io, func(o runtime.CreateOpts) error {
 		return c.rt.Restore(ctx, c.ID, runtime.RestoreOpts{
 			CheckpointOpts: runtime.CheckpointOpts{ImagePath: c.restoreFrom},
 			CreateOpts:     o,
@@ -194,9 +186,9 @@ func (c *Container) restore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p.pid = pid
-	go p.await(exits)
-	c.watchCgroup(pid)
+	p.launched(l)
+	go p.await(l.exits)
+	c.watchCgroup(l.pid)
 	return nil
 }
 
@@ -374,11 +366,6 @@ func (c *Container) deleteInit(ctx context.Context, force bool) error {
 // tempPath names a fresh file in the bundle for the runtime to write.
 func (c *Container) tempPath(prefix, suffix string) string {
 	return filepath.Join(c.Bundle, "."+prefix+"-"+strconv.FormatUint(c.seq.Add(1), 10)+suffix)
-}
-
-// runtimeExecOpts passes an exec's pid file and stdio to the runtime.
-func runtimeExecOpts(pidFile string, io *IO) runtime.ExecOpts {
-	return runtime.ExecOpts{PidFile: pidFile, ConsoleSocket: io.ConsoleSocket(), Stdio: io.Child()}
 }
 
 // Spec is what the shim reads from a bundle's OCI spec (config.json).

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keel-shim/keel/process/reaper"
+	"github.com/keel-shim/keel/runtime"
 )
 
 // drainTimeout bounds how long an exit waits for the process's output to
@@ -42,7 +43,7 @@ type Process struct {
 	pidfd *os.File    // guarded by mu; an exec's, until its exit is recorded
 	// reaped: the exit is known (output may still drain): the pid is free.
 	reaped bool // guarded by mu
-	done  chan struct{}
+	done   chan struct{}
 }
 
 // Status is a snapshot of a process.
@@ -125,27 +126,23 @@ func (p *Process) startExec(ctx context.Context) (err error) {
 	}
 	pidFile := p.c.tempPath("exec", ".pid")
 	defer os.Remove(pidFile)
-	// Watch before the runtime starts the process: it may exit before
-	// the pid file is read.
-	w := p.c.reaper.Watch()
-	defer w.Close()
-	err = p.c.rt.Exec(ctx, p.c.ID, p.spec, runtimeExecOpts(pidFile, io))
-	if err == nil {
-		err = io.Started()
-	}
-	if err == nil {
-		p.pid, err = readPid(pidFile)
-	}
+	l, err := p.c.launch(io, pidFile, func() error {
+		return p.c.rt.Exec(ctx, p.c.ID, p.spec, runtime.ExecOpts{PidFile: pidFile, ConsoleSocket: io.ConsoleSocket(), Stdio: io.Child()})
+	})
 	if err != nil {
 		io.Close()
 		return err
 	}
 	p.io = io
-	exits, pidfd := w.StartedPidfd(p.pid)
-	p.pidfd = pidfd
-	p.reaped = len(exits) > 0 // it exited before the pid file was read
-	go p.await(exits)
+	p.launched(l)
+	go p.await(l.exits)
 	return nil
+}
+
+// launched records the process the runtime made. Called with p.mu held.
+func (p *Process) launched(l launched) {
+	p.pid, p.pidfd = l.pid, l.pidfd
+	p.reaped = len(l.exits) > 0 // it exited before its pid file was read
 }
 
 // await records the exit the reaper delivers, after the output is drained
