@@ -20,6 +20,7 @@ import (
 
 	"github.com/keel-shim/keel/process/cgroup"
 	"github.com/keel-shim/keel/process/reaper"
+	"github.com/keel-shim/keel/process/stdio"
 	"github.com/keel-shim/keel/runtime"
 )
 
@@ -45,11 +46,11 @@ type Config struct {
 	Namespace    string
 	Rootfs       []Mount // mounted on Bundle/rootfs; none for a ready rootfs
 	Checkpoint   string  // a CRIU image to restore at Start, instead of create
-	Stdio        Stdio
+	Stdio        stdio.Request
 	NoPivot      bool
 	NoNewKeyring bool
 	IoUID, IoGID int // owner of the stdio pipes; 0 keeps root
-	Output       OutputBuffer
+	Output       stdio.OutputBuffer
 	Spec         Spec // from the bundle's config.json (LoadSpec)
 }
 
@@ -65,7 +66,7 @@ type Deps struct {
 type Container struct {
 	ID, Bundle string
 
-	ioCfg        IOConfig
+	ioCfg        stdio.Config
 	rt           *runtime.Runtime
 	reaper       *reaper.Reaper
 	obs          Observer
@@ -100,7 +101,7 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.log = c.log.With("id", cfg.ID)
-	c.ioCfg = IOConfig{
+	c.ioCfg = stdio.Config{
 		ContainerID: cfg.ID, Namespace: cfg.Namespace, UID: cfg.IoUID, GID: cfg.IoGID,
 		Buffer: cfg.Output, Reaper: d.Reaper, Log: d.Log,
 	}
@@ -117,7 +118,7 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 			}
 		}()
 	}
-	io, err := NewIO(ctx, cfg.Stdio, c.ioCfg)
+	io, err := stdio.New(ctx, cfg.Stdio, c.ioCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +147,7 @@ func Create(ctx context.Context, cfg Config, d Deps) (_ *Container, err error) {
 // launchInit makes the init process through call, the runtime's create or
 // restore. A runtime that failed half way may have left state behind: it
 // is deleted.
-func (c *Container) launchInit(ctx context.Context, io *IO, call func(runtime.CreateOpts) error) (launched, error) {
+func (c *Container) launchInit(ctx context.Context, io *stdio.IO, call func(runtime.CreateOpts) error) (launched, error) {
 	pidFile := filepath.Join(c.Bundle, initPidFile)
 	l, err := c.launch(io, pidFile, func() error {
 		return call(runtime.CreateOpts{
@@ -267,11 +268,11 @@ func (c *Container) Process(execID string) (*Process, error) {
 
 // AddExec registers an exec process to be started later. spec is its OCI
 // process JSON.
-func (c *Container) AddExec(execID string, spec []byte, stdio Stdio) (*Process, error) {
+func (c *Container) AddExec(execID string, spec []byte, req stdio.Request) (*Process, error) {
 	if _, err := next(c.init.Status().State, OpExec); err != nil {
 		return nil, err
 	}
-	spec, err := specWithTerminal(spec, stdio.Terminal)
+	spec, err := specWithTerminal(spec, req.Terminal)
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +281,7 @@ func (c *Container) AddExec(execID string, spec []byte, stdio Stdio) (*Process, 
 	if _, ok := c.execs.byID[execID]; ok {
 		return nil, fmt.Errorf("exec %q in container %q: %w", execID, c.ID, errdefs.ErrAlreadyExists)
 	}
-	p := newProcess(c, execID, stdio)
+	p := newProcess(c, execID, req)
 	p.spec = spec
 	c.execs.byID[execID] = p
 	return p, nil

@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/keel-shim/keel/process/reaper"
+	"github.com/keel-shim/keel/process/stdio"
 )
 
 // launched is a process the runtime has just made: its pid, where its exit
@@ -22,7 +23,7 @@ type launched struct {
 // process's pid to pidFile. The exit is watched from before the process
 // exists, since it may exit before its pid file is read; then io's child
 // ends are handed over (for a terminal, its pty taken).
-func (c *Container) launch(io *IO, pidFile string, call func() error) (launched, error) {
+func (c *Container) launch(io *stdio.IO, pidFile string, call func() error) (launched, error) {
 	w := c.reaper.Watch()
 	defer w.Close()
 	err := call()

@@ -19,6 +19,7 @@ import (
 
 	"github.com/keel-shim/keel/process/fakeruntime"
 	"github.com/keel-shim/keel/process/reaper"
+	"github.com/keel-shim/keel/process/stdio"
 	"github.com/keel-shim/keel/runtime"
 )
 
@@ -64,6 +65,7 @@ func (r *recorder) seen() string {
 // harness is one container on the fake runtime.
 type harness struct {
 	t   *testing.T
+	r   *reaper.Reaper // the test binary's: the fake's processes are its
 	rt  fakeruntime.Runtime
 	obs *recorder
 	dir string
@@ -71,13 +73,16 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	testReaper(t) // the test binary is the subreaper: the fake's processes are its
+	r, err := reaper.New()
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
 	rt, err := fakeruntime.Write(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness{t: t, rt: rt, obs: &recorder{}, dir: dir}
+	return &harness{t: t, r: r, rt: rt, obs: &recorder{}, dir: dir}
 }
 
 // create makes container id; shared is a container without a pid namespace
@@ -92,9 +97,9 @@ func (h *harness) create(id string, shared bool) (*Container, error) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	rt := runtime.New(runtime.Config{Binary: h.rt.Binary, Root: h.rt.Root, LogDir: bundle, Timeout: time.Second}, testReaper(h.t))
+	rt := runtime.New(runtime.Config{Binary: h.rt.Binary, Root: h.rt.Root, LogDir: bundle, Timeout: time.Second}, h.r)
 	c, err := Create(context.Background(), Config{ID: id, Bundle: bundle, Namespace: "test", Spec: spec},
-		Deps{Runtime: rt, Reaper: testReaper(h.t), Observer: h.obs})
+		Deps{Runtime: rt, Reaper: h.r, Observer: h.obs})
 	if err == nil {
 		h.t.Cleanup(func() { c.Init().Kill(context.Background(), syscall.SIGKILL, true) })
 	}
@@ -175,7 +180,7 @@ func TestExecOutlivesInit(t *testing.T) {
 	h := newHarness(t)
 	c := h.mustCreate("c1", true)
 	mustStart(t, c.Init())
-	e, err := c.AddExec("e1", []byte(`{"args":["sleep"]}`), Stdio{})
+	e, err := c.AddExec("e1", []byte(`{"args":["sleep"]}`), stdio.Request{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +197,7 @@ func TestExecAfterInitExited(t *testing.T) {
 	h := newHarness(t)
 	c := h.mustCreate("c1", false)
 	mustStart(t, c.Init())
-	e, err := c.AddExec("e1", []byte(`{"args":["sleep"]}`), Stdio{})
+	e, err := c.AddExec("e1", []byte(`{"args":["sleep"]}`), stdio.Request{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +208,7 @@ func TestExecAfterInitExited(t *testing.T) {
 	if err := e.Start(context.Background()); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("exec Start after the init exited: %v, want FailedPrecondition", err)
 	}
-	if _, err := c.AddExec("e2", []byte(`{}`), Stdio{}); !errdefs.IsFailedPrecondition(err) {
+	if _, err := c.AddExec("e2", []byte(`{}`), stdio.Request{}); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("AddExec after the init exited: %v, want FailedPrecondition", err)
 	}
 	h.want("create start:init exit:init:137")
@@ -267,7 +272,7 @@ func TestKillAfterReapNeverHitsARecycledPid(t *testing.T) {
 	c := h.mustCreate("c1", false)
 	mustStart(t, c.Init())
 	log := "file://" + filepath.Join(h.dir, "e1.log")
-	e, err := c.AddExec("e1", []byte(`{"args":["sh"]}`), Stdio{Stdout: log, Stderr: log})
+	e, err := c.AddExec("e1", []byte(`{"args":["sh"]}`), stdio.Request{Stdout: log, Stderr: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,7 +289,7 @@ func TestKillAfterReapNeverHitsARecycledPid(t *testing.T) {
 	if st := e.Status(); st.State != Running {
 		t.Skipf("the exec's output drained already (state %s): nothing to test", st.State)
 	}
-	victim, victimExit := recyclePid(t, pid)
+	victim, victimExit := recyclePid(t, h.r, pid)
 	defer victim.Process.Kill()
 	err = e.Kill(context.Background(), syscall.SIGKILL, false)
 	if !errdefs.IsNotFound(err) {
@@ -299,7 +304,7 @@ func TestKillAfterReapNeverHitsARecycledPid(t *testing.T) {
 
 // recyclePid starts a process that gets pid, which must be free: the
 // kernel hands out the pid after ns_last_pid next. Needs root.
-func recyclePid(t *testing.T, pid int) (*exec.Cmd, <-chan reaper.Exit) {
+func recyclePid(t *testing.T, r *reaper.Reaper, pid int) (*exec.Cmd, <-chan reaper.Exit) {
 	t.Helper()
 	for try := 0; try < 20; try++ {
 		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
@@ -307,7 +312,7 @@ func recyclePid(t *testing.T, pid int) (*exec.Cmd, <-chan reaper.Exit) {
 		}
 		cmd := exec.Command("sleep", "1000")
 		// Started through the reaper, the only waiter in this binary.
-		exit, err := testReaper(t).Start(cmd)
+		exit, err := r.Start(cmd)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keel-shim/keel/process/reaper"
+	"github.com/keel-shim/keel/process/stdio"
 	"github.com/keel-shim/keel/runtime"
 )
 
@@ -32,14 +33,14 @@ const drainTimeout = 2 * time.Second
 type Process struct {
 	c      *Container
 	ExecID string
-	Stdio  Stdio
+	Stdio  stdio.Request
 	spec   []byte // the OCI process JSON of an exec process
 
 	mu    sync.Mutex
 	state State       // guarded by mu
 	pid   int         // guarded by mu
 	exit  reaper.Exit // guarded by mu; set once Stopped
-	io    *IO         // guarded by mu
+	io    *stdio.IO   // guarded by mu
 	pidfd *os.File    // guarded by mu; an exec's, until its exit is recorded
 	// reaped: the exit is known (output may still drain): the pid is free.
 	reaped bool // guarded by mu
@@ -54,8 +55,8 @@ type Status struct {
 	ExitedAt   time.Time
 }
 
-func newProcess(c *Container, execID string, stdio Stdio) *Process {
-	return &Process{c: c, ExecID: execID, Stdio: stdio, done: make(chan struct{})}
+func newProcess(c *Container, execID string, req stdio.Request) *Process {
+	return &Process{c: c, ExecID: execID, Stdio: req, done: make(chan struct{})}
 }
 
 // IsInit tells whether p is the container's init process.
@@ -120,7 +121,7 @@ func (p *Process) startExec(ctx context.Context) (err error) {
 			p.c.execs.running.Done()
 		}
 	}()
-	io, err := NewIO(ctx, p.Stdio, p.c.ioCfg)
+	io, err := stdio.New(ctx, p.Stdio, p.c.ioCfg)
 	if err != nil {
 		return err
 	}

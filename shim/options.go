@@ -15,7 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/keel-shim/keel/process"
+	"github.com/keel-shim/keel/process/stdio"
 	"github.com/keel-shim/keel/runtime"
 )
 
@@ -67,7 +67,7 @@ func validateBundle(bundle, id string) error {
 // CriuPath that containerd 1.x configs still have.
 type Options struct {
 	Runc     *options.Options
-	Output   process.OutputBuffer
+	Output   stdio.OutputBuffer
 	CriuPath string
 }
 

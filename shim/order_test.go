@@ -6,7 +6,6 @@ import (
 	"context"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,19 +52,11 @@ func TestCreateEventBeforeExit(t *testing.T) {
 	}
 }
 
-var (
-	reaperOnce   sync.Once
-	sharedReaper *reaper.Reaper
-	reaperErr    error
-)
-
-// testReaper is the test binary's one reaper: two would steal each
-// other's children.
 func testReaper(t testing.TB) *reaper.Reaper {
 	t.Helper()
-	reaperOnce.Do(func() { sharedReaper, reaperErr = reaper.New() })
-	if reaperErr != nil {
-		t.Fatal(reaperErr)
+	r, err := reaper.New()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return sharedReaper
+	return r
 }

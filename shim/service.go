@@ -24,6 +24,7 @@ import (
 
 	"github.com/keel-shim/keel/process"
 	"github.com/keel-shim/keel/process/reaper"
+	"github.com/keel-shim/keel/process/stdio"
 	"github.com/keel-shim/keel/runtime"
 )
 
@@ -124,7 +125,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	}
 	c, err := process.Create(ctx, process.Config{
 		ID: r.ID, Bundle: r.Bundle, Namespace: s.ns, Rootfs: mounts, Checkpoint: r.Checkpoint,
-		Stdio:   process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+		Stdio:   stdio.Request{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		NoPivot: opts.Runc.NoPivotRoot, NoNewKeyring: opts.Runc.NoNewKeyring,
 		IoUID: int(opts.Runc.IoUid), IoGID: int(opts.Runc.IoGid), Output: opts.Output, Spec: spec,
 	}, process.Deps{Runtime: runtime.New(rtCfg, s.reaper), Reaper: s.reaper, Observer: s, Log: s.log})
@@ -239,7 +240,7 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 	if err != nil {
 		return nil, err
 	}
-	stdio := process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
+	stdio := stdio.Request{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
 	if _, err := c.AddExec(r.ExecID, r.Spec.Value, stdio); err != nil {
 		return nil, err
 	}

@@ -13,7 +13,7 @@ import (
 
 	bootstrap "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 
-	"github.com/keel-shim/keel/process"
+	"github.com/keel-shim/keel/process/stdio"
 )
 
 // criOptions is what the CRI plugin sends a runtime whose runtime_type is
@@ -63,7 +63,7 @@ func TestOutputBufferFromTOML(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Runc.BinaryName != "runc" || o.Output != (process.OutputBuffer{Size: 4 << 20, DropOldest: true}) {
+	if o.Runc.BinaryName != "runc" || o.Output != (stdio.OutputBuffer{Size: 4 << 20, DropOldest: true}) {
 		t.Fatalf("decoded %v and %+v", o.Runc, o.Output)
 	}
 }

@@ -42,16 +42,28 @@ type Reaper struct {
 	wake    chan os.Signal
 }
 
-// New makes the calling process a child subreaper and starts reaping.
-// Call it once per process: two reapers would steal each other's children.
+// A process is a subreaper once, and SIGCHLD is the process's: it has one
+// reaper, whoever asks for it (the shim's daemon once; tests often).
+var process struct {
+	once sync.Once
+	r    *Reaper
+	err  error
+}
+
+// New makes the calling process a child subreaper and starts reaping. Later
+// calls return the same reaper: two would steal each other's children.
 func New() (*Reaper, error) {
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		return nil, fmt.Errorf("set child subreaper: %w", err)
-	}
-	r := newReaper()
-	signal.Notify(r.wake, unix.SIGCHLD)
-	go r.loop()
-	return r, nil
+	process.once.Do(func() {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			process.err = fmt.Errorf("set child subreaper: %w", err)
+			return
+		}
+		r := newReaper()
+		signal.Notify(r.wake, unix.SIGCHLD)
+		go r.loop()
+		process.r = r
+	})
+	return process.r, process.err
 }
 
 func newReaper() *Reaper {

@@ -1,6 +1,6 @@
 //go:build linux
 
-package process
+package stdio
 
 import (
 	"bytes"
@@ -194,9 +194,9 @@ func TestBinaryLoggerFailures(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 			defer cancel()
 			start := time.Now()
-			io, err := NewIO(ctx, Stdio{Stdout: tc.uri, Stderr: tc.uri}, IOConfig{ContainerID: "c1", Namespace: "ns", Reaper: r})
+			io, err := New(ctx, Request{Stdout: tc.uri, Stderr: tc.uri}, Config{ContainerID: "c1", Namespace: "ns", Reaper: r})
 			if !tc.check(err) {
-				t.Fatalf("NewIO(%s) err = %v", tc.uri, err)
+				t.Fatalf("New(%s) err = %v", tc.uri, err)
 			}
 			if d := time.Since(start); d > 5*time.Second {
 				t.Fatalf("NewIO took %s", d)
@@ -209,19 +209,13 @@ func TestBinaryLoggerFailures(t *testing.T) {
 }
 
 // A process has one reaper: several would steal each other's children.
-var (
-	reaperOnce   sync.Once
-	sharedReaper *reaper.Reaper
-	reaperErr    error
-)
-
-func testReaper(t *testing.T) *reaper.Reaper {
+func testReaper(t testing.TB) *reaper.Reaper {
 	t.Helper()
-	reaperOnce.Do(func() { sharedReaper, reaperErr = reaper.New() })
-	if reaperErr != nil {
-		t.Fatal(reaperErr)
+	r, err := reaper.New()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return sharedReaper
+	return r
 }
 
 // TestCopyStreamBigWritesSmallReads: a writer that fills the source pipe

@@ -1,6 +1,6 @@
 //go:build linux
 
-package process
+package stdio
 
 import (
 	"context"
@@ -40,7 +40,7 @@ type logger struct {
 // for binary:// when it closes fd 5, for binary-v2:// when it writes a
 // byte there first. The container's ends of its pipes become the child's
 // stdout and stderr; the shim copies nothing.
-func (p *IO) startLogger(ctx context.Context, u url.URL, cfg IOConfig) (err error) {
+func (p *IO) startLogger(ctx context.Context, u url.URL, cfg Config) (err error) {
 	if _, err := os.Stat(u.Path); err != nil {
 		return fmt.Errorf("logging binary %s: %v: %w", u.Path, err, errdefs.ErrInvalidArgument)
 	}

@@ -1,6 +1,11 @@
 //go:build linux
 
-package process
+// Package stdio wires a container process's stdin, stdout and stderr to
+// what containerd asked for: FIFOs, file:// logs, binary:// loggers or a
+// terminal. It owns every fd between the process and those targets, and
+// the copies between them (splice for FIFOs, a pooled buffer for files,
+// an optional bounded buffer while nobody reads).
+package stdio
 
 import (
 	"context"
@@ -22,15 +27,15 @@ import (
 	"github.com/keel-shim/keel/runtime"
 )
 
-// Stdio is what containerd asked for: FIFO paths, or for output a
+// Request is what containerd asked for: FIFO paths, or for output a
 // file:// or binary:// URI; empty for none.
-type Stdio struct {
+type Request struct {
 	Stdin, Stdout, Stderr string
 	Terminal              bool
 }
 
-// IOConfig is what stdio needs to know beyond the URIs.
-type IOConfig struct {
+// Config is what stdio needs to know beyond the URIs.
+type Config struct {
 	ContainerID, Namespace string // for a binary:// logger's environment
 	UID, GID               int    // owner of the pipes (IoUid/IoGid), -1 to keep
 	Buffer                 OutputBuffer
@@ -51,7 +56,7 @@ type IO struct {
 	stdinClose sync.Once
 
 	outputs sync.WaitGroup // stdout and stderr copiers
-	cfg     IOConfig
+	cfg     Config
 	closers []io.Closer // everything to close at the end
 	logger  *logger     // a binary:// logging process, if any
 
@@ -64,7 +69,7 @@ type IO struct {
 
 // NewIO sets up stdio for a process. Pass Child and ConsoleSocket to the
 // runtime, then call Started.
-func NewIO(ctx context.Context, s Stdio, cfg IOConfig) (_ *IO, err error) {
+func New(ctx context.Context, s Request, cfg Config) (_ *IO, err error) {
 	p := &IO{cfg: cfg}
 	defer func() {
 		if err != nil {
@@ -158,7 +163,7 @@ func parseTarget(s string) (target, error) {
 
 // openStdin opens the stdin FIFO and, unless a terminal will carry it, a
 // pipe that becomes the process's stdin.
-func (p *IO) openStdin(ctx context.Context, path string, cfg IOConfig, pipe bool) error {
+func (p *IO) openStdin(ctx context.Context, path string, cfg Config, pipe bool) error {
 	t, err := parseTarget(path)
 	if err != nil {
 		return err
@@ -198,7 +203,7 @@ func (p *IO) openStdin(ctx context.Context, path string, cfg IOConfig, pipe bool
 
 // output opens t and starts copying a new pipe into it. It returns the
 // pipe's write end for the process, or nil for no output.
-func (p *IO) output(t target, cfg IOConfig) (*os.File, error) {
+func (p *IO) output(t target, cfg Config) (*os.File, error) {
 	dst, err := openTarget(t)
 	if dst == nil || err != nil {
 		return nil, err
@@ -293,7 +298,7 @@ func openLogFile(path string) (*os.File, error) {
 
 // newPipe makes a pipe owned by the configured IO user, so that a
 // container running as that user can use its stdio.
-func newPipe(cfg IOConfig) (r, w *os.File, err error) {
+func newPipe(cfg Config) (r, w *os.File, err error) {
 	r, w, err = os.Pipe()
 	if err != nil {
 		return nil, nil, err
