@@ -2,12 +2,50 @@
 
 package shim
 
-import "testing"
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
 
 func TestShimOOMScoreAdj(t *testing.T) {
 	for containerd, want := range map[int]int{-999: -998, -500: -499, 0: 1, 999: 1000, 1000: 1000} {
 		if got := shimOOMScoreAdj(containerd); got != want {
 			t.Errorf("shimOOMScoreAdj(%d) = %d, want %d", containerd, got, want)
+		}
+	}
+}
+
+// TestSchedCoreCookie: with SCHED_CORE set (containerd's sched_core), the
+// daemon gets a core-scheduling cookie of its own. Run in a child process,
+// since the cookie is the whole process's.
+func TestSchedCoreCookie(t *testing.T) {
+	if os.Getenv("KEEL_TUNE_CHILD") == "1" {
+		tuneDaemon(discardLog())
+		var cookie uint64
+		err := unix.Prctl(unix.PR_SCHED_CORE, unix.PR_SCHED_CORE_GET, 0, unix.PR_SCHED_CORE_SCOPE_THREAD, uintptr(unsafe.Pointer(&cookie)))
+		fmt.Printf("cookie=%d err=%v\n", cookie, err)
+		return
+	}
+	var probe uint64
+	if err := unix.Prctl(unix.PR_SCHED_CORE, unix.PR_SCHED_CORE_GET, 0, unix.PR_SCHED_CORE_SCOPE_THREAD, uintptr(unsafe.Pointer(&probe))); err != nil {
+		t.Skipf("no core scheduling on this kernel: %v", err)
+	}
+	for env, wantCookie := range map[string]bool{"SCHED_CORE=1": true, "SCHED_CORE=": false} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestSchedCoreCookie$")
+		cmd.Env = append(os.Environ(), "KEEL_TUNE_CHILD=1", env)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", env, err, out)
+		}
+		got := strings.Contains(string(out), "err=<nil>") && !strings.Contains(string(out), "cookie=0 ")
+		if got != wantCookie {
+			t.Errorf("%s: child says %q; want a cookie: %v", env, out, wantCookie)
 		}
 	}
 }
