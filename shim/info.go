@@ -15,9 +15,6 @@ import (
 	"github.com/keel-shim/keel/runtime"
 )
 
-// Version is Keel's version; release builds set it with -ldflags -X.
-var Version = "0.1.0-dev"
-
 // RuntimeName is the name containerd knows Keel by.
 const RuntimeName = "io.containerd.keel.v2"
 
@@ -29,9 +26,10 @@ const featuresTypeURL = "types.containerd.io/opencontainers/runtime-spec/1/featu
 // `-info`: Keel's version, the runtime options it was given on stdin, and
 // the OCI runtime's features where the runtime reports them.
 func Info(stdin io.Reader, stdout io.Writer) error {
+	build := ThisBuild()
 	info := &types.RuntimeInfo{
 		Name:    RuntimeName,
-		Version: &types.RuntimeVersion{Version: Version},
+		Version: &types.RuntimeVersion{Version: build.Version, Revision: build.Revision},
 	}
 	in, err := io.ReadAll(stdin)
 	if err != nil {

@@ -215,6 +215,13 @@ func Serve(f Flags) error {
 		}
 	}()
 	go dumpStacksOnSignal(log)
+	if f.Debug {
+		if debugSocket, err := listenProfiles(f, log); err != nil {
+			log.Warn("pprof socket", "error", err)
+		} else {
+			defer debugSocket.remove()
+		}
+	}
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
 	log.Info("serving", "socket", f.Socket, "pid", os.Getpid())
@@ -236,6 +243,27 @@ func Serve(f Flags) error {
 	events.Close(eventFlushTimeout)
 	log.Info("exiting")
 	return nil
+}
+
+// listenProfiles serves profiles where `ctr shim --id ID pprof` looks.
+func listenProfiles(f Flags, log *slog.Logger) (socketFile, error) {
+	bundle, err := os.Getwd() // the first container's bundle, as for start
+	if err != nil {
+		return socketFile{}, err
+	}
+	path := DebugSocketPath(f.Address, f.Namespace, groupID(bundle, f.ID))
+	l, err := Listen(path)
+	if err != nil {
+		return socketFile{}, err
+	}
+	own, err := ownSocket(path)
+	if err != nil {
+		l.Close()
+		return socketFile{}, err
+	}
+	go serveProfiles(l, log)
+	log.Debug("serving pprof", "socket", path)
+	return own, nil
 }
 
 // daemonOptions decodes the runtime options `start` received.
@@ -275,8 +303,34 @@ func newLogger(f Flags) *slog.Logger {
 		// ignored in the runtime and the containers the shim starts.
 		signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	}
-	h := slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
+	h := slog.NewTextHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: containerdStyle})
 	return slog.New(h).With("shim", "keel", "namespace", f.Namespace)
+}
+
+// containerdStyle makes log lines look like containerd's own (logrus's
+// logfmt): `time=... level=info msg=...`, levels in lower case, so that a
+// filter on containerd's log (level=error) catches the shim's lines too.
+func containerdStyle(groups []string, a slog.Attr) slog.Attr {
+	if len(groups) > 0 {
+		return a
+	}
+	switch a.Key {
+	case slog.LevelKey:
+		level, _ := a.Value.Any().(slog.Level)
+		name := "info"
+		switch {
+		case level < slog.LevelInfo:
+			name = "debug"
+		case level >= slog.LevelError:
+			name = "error"
+		case level >= slog.LevelWarn:
+			name = "warning"
+		}
+		return slog.String(slog.LevelKey, name)
+	case slog.TimeKey:
+		return slog.String(slog.TimeKey, a.Value.Time().UTC().Format(time.RFC3339Nano))
+	}
+	return a
 }
 
 // Delete cleans up after a dead shim: containerd runs it in the bundle. It

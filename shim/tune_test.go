@@ -4,6 +4,7 @@ package shim
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strings"
@@ -46,6 +47,23 @@ func TestSchedCoreCookie(t *testing.T) {
 		got := strings.Contains(string(out), "err=<nil>") && !strings.Contains(string(out), "cookie=0 ")
 		if got != wantCookie {
 			t.Errorf("%s: child says %q; want a cookie: %v", env, out, wantCookie)
+		}
+	}
+}
+
+// TestLogLinesLookLikeContainerds: logfmt with containerd's lower-case
+// level names, so one filter catches containerd's and the shim's errors.
+func TestLogLinesLookLikeContainerds(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug, ReplaceAttr: containerdStyle}))
+	log.Debug("d")
+	log.Info("i", "id", "c1")
+	log.Warn("w")
+	log.Error("e", "error", "boom")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	for i, want := range []string{"level=debug msg=d", "level=info msg=i id=c1", "level=warning msg=w", "level=error msg=e error=boom"} {
+		if i >= len(lines) || !strings.HasPrefix(lines[i], "time=") || !strings.HasSuffix(lines[i], want) {
+			t.Errorf("line %d = %q, want time=... %s", i, lines[i], want)
 		}
 	}
 }

@@ -31,7 +31,7 @@ func main() {
 	var err error
 	switch {
 	case *version:
-		fmt.Printf("%s %s\n", os.Args[0], shim.Version)
+		fmt.Print(shim.ThisBuild())
 		return
 	case *info:
 		err = shim.Info(os.Stdin, os.Stdout)
