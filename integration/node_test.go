@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -152,4 +153,101 @@ func TestExecTerminalFromRequest(t *testing.T) {
 		task.Kill(ctx, syscall.SIGKILL)
 		task.Delete(ctx, containerd.WithProcessKill)
 	})
+}
+
+// TestShimPprof: at debug level, `ctr shim --id ID pprof goroutines`
+// answers from the shim (containerd 2.4's reference shim leaves it
+// hanging unless built with its shim_tracing tag).
+func TestShimPprof(t *testing.T) {
+	d := StartContainerd(t, "2.4")
+	id := d.NewID("pprof")
+	if _, err := d.Ctr(t, "run", "-d", "--runtime", d.Runtime, imageRef, id, "sleep", "1000"); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitStatus(t, id, "RUNNING")
+	out, err := d.ctrQuiet(30*time.Second, "shim", "--id", id, "pprof", "goroutines")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "goroutine ") || !strings.Contains(out, "shim.(*Publisher).forward") {
+		t.Errorf("ctr shim pprof goroutines printed no goroutine of the shim:\n%.2000s", out)
+	}
+	heap, err := d.ctrQuiet(30*time.Second, "shim", "--id", id, "pprof", "heap", "--debug", "1")
+	if err != nil || !strings.Contains(heap, "heap profile") {
+		t.Errorf("ctr shim pprof heap: %v\n%.500s", err, heap)
+	}
+	d.KillAndRemove(t, id)
+}
+
+// TestShimLogLinesAreLogfmt: the shim's lines in containerd's log are
+// logfmt as containerd's own: time, a lower-case level, msg.
+func TestShimLogLinesAreLogfmt(t *testing.T) {
+	forEachVersion(t, func(t *testing.T, d *Daemon) {
+		id := d.NewID("logfmt")
+		if _, err := d.Ctr(t, "run", "--rm", "--runtime", d.Runtime, imageRef, id, "true"); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(d.logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var found bool
+		for _, line := range strings.Split(string(data), "\n") {
+			if !strings.Contains(line, "shim=keel") {
+				continue
+			}
+			kv, err := parseLogfmt(line)
+			if err != nil {
+				t.Fatalf("not logfmt: %v: %q", err, line)
+			}
+			if _, err := time.Parse(time.RFC3339Nano, kv["time"]); err != nil {
+				t.Errorf("time=%q: %v", kv["time"], err)
+			}
+			switch kv["level"] {
+			case "debug", "info", "warning", "error":
+			default:
+				t.Errorf("level=%q, want containerd's lower-case names: %q", kv["level"], line)
+			}
+			if kv["msg"] == "created" && kv["id"] == id && kv["level"] == "info" {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no level=info msg=created line of the shim for %s in containerd's log", id)
+		}
+	})
+}
+
+// parseLogfmt reads key=value pairs separated by spaces, values bare or
+// double-quoted with Go escapes, as logfmt is written.
+func parseLogfmt(line string) (map[string]string, error) {
+	kv := map[string]string{}
+	for s := strings.TrimSpace(line); s != ""; s = strings.TrimLeft(s, " ") {
+		eq := strings.IndexByte(s, '=')
+		if eq <= 0 || strings.ContainsAny(s[:eq], " \"") {
+			return nil, fmt.Errorf("no key at %q", s)
+		}
+		key, rest := s[:eq], s[eq+1:]
+		var value string
+		if strings.HasPrefix(rest, `"`) {
+			end := 1
+			for ; end < len(rest) && rest[end] != '"'; end++ {
+				if rest[end] == '\\' {
+					end++
+				}
+			}
+			if end >= len(rest) {
+				return nil, fmt.Errorf("unterminated quote in %q", rest)
+			}
+			v, err := strconv.Unquote(rest[:end+1])
+			if err != nil {
+				return nil, err
+			}
+			value, s = v, rest[end+1:]
+		} else {
+			value, s, _ = strings.Cut(rest, " ")
+		}
+		kv[key] = value
+	}
+	return kv, nil
 }
