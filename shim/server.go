@@ -43,6 +43,8 @@ func NewServer(s *Service, log *slog.Logger) (*ttrpc.Server, error) {
 // errorBoundary is the one place where errors become gRPC status codes.
 func errorBoundary(log *slog.Logger) ttrpc.UnaryServerInterceptor {
 	return func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (resp any, err error) {
+		ctx = withTrace(ctx, log)
+		log := logFrom(ctx, log)
 		defer func() {
 			if r := recover(); r != nil {
 				log.Error("panic in handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))

@@ -136,7 +136,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
-	s.log.Info("created", "id", r.ID, "pid", pid)
+	logFrom(ctx, s.log).Info("created", "id", r.ID, "pid", pid)
 	return &taskapi.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
 
@@ -224,7 +224,7 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 		s.events.Publish("", TopicDelete, &eventstypes.TaskDelete{
 			ContainerID: r.ID, Pid: resp.Pid, ExitStatus: resp.ExitStatus, ExitedAt: resp.ExitedAt,
 		})
-		s.log.Info("deleted", "id", r.ID)
+		logFrom(ctx, s.log).Info("deleted", "id", r.ID)
 	}
 	return resp, nil
 }

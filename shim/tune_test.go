@@ -3,6 +3,7 @@
 package shim
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 )
 
@@ -64,6 +66,30 @@ func TestLogLinesLookLikeContainerds(t *testing.T) {
 	for i, want := range []string{"level=debug msg=d", "level=info msg=i id=c1", "level=warning msg=w", "level=error msg=e error=boom"} {
 		if i >= len(lines) || !strings.HasPrefix(lines[i], "time=") || !strings.HasSuffix(lines[i], want) {
 			t.Errorf("line %d = %q, want time=... %s", i, lines[i], want)
+		}
+	}
+}
+
+// TestTraceIDsInLogLines: a request that carries containerd's trace
+// context logs its trace and span IDs.
+func TestTraceIDsInLogLines(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	guard := errorBoundary(log)
+	md := ttrpc.MD{}
+	md.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	ctx := ttrpc.WithMetadata(context.Background(), md)
+	_, _ = guard(ctx, func(any) error { return nil }, &ttrpc.UnaryServerInfo{FullMethod: "Create"},
+		func(ctx context.Context, _ func(any) error) (any, error) {
+			logFrom(ctx, log).Info("created")
+			return nil, nil
+		})
+	if !strings.Contains(buf.String(), "trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7") {
+		t.Errorf("log %q has no trace and span IDs", buf.String())
+	}
+	for _, bad := range []string{"", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-xyz-00f067aa0ba902b7-01", "garbage"} {
+		if _, _, ok := parseTraceparent(bad); ok {
+			t.Errorf("parseTraceparent(%q) accepted it", bad)
 		}
 	}
 }
