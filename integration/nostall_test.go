@@ -31,7 +31,9 @@ const (
 // TestNoStallThroughRestart: with Keel's OutputBufferSize set, a container
 // that writes steadily to its FIFO stdout keeps running while its reader is
 // gone (the client detached, containerd down for 30 s), and the reader
-// that attaches afterwards gets every line, in order.
+// that attaches afterwards gets every line, in order. The negative control,
+// on 2.4: without the buffer the same workload stalls (as it does with
+// containerd's shim), so the test can tell the two apart.
 func TestNoStallThroughRestart(t *testing.T) {
 	if os.Getenv("KEEL_TEST_RUNTIME") != "" {
 		t.Skip("OutputBufferSize is Keel's own option")
@@ -43,84 +45,108 @@ func TestNoStallThroughRestart(t *testing.T) {
 			// in 1.6.
 			t.Skip("1.6 and 2.4 cover both bootstraps; 30 s of downtime is not worth more runs")
 		}
+		t.Run("buffered", func(t *testing.T) {
+			if stall := noStall(t, d, true, 30*time.Second); stall != "" {
+				t.Fatal(stall)
+			}
+		})
+		if d.Version == "2.4" {
+			t.Run("unbuffered stalls", func(t *testing.T) {
+				if stall := noStall(t, d, false, 10*time.Second); stall == "" {
+					t.Fatal("without OutputBufferSize the workload never stalled: the test cannot see a stall")
+				} else {
+					t.Logf("as expected without the buffer: %s", stall)
+				}
+			})
+		}
+	})
+}
+
+// noStall runs the workload, lets its reader go and containerd stay away
+// for down, and returns the first stall seen meanwhile ("" for none). With
+// the buffer it then checks that a new reader gets every line in order.
+func noStall(t *testing.T, d *Daemon, buffered bool, down time.Duration) string {
+	var opts any
+	if buffered {
 		cfg := filepath.Join(d.Dir, "keel-options.toml")
 		body := fmt.Sprintf("OutputBufferSize = %d\nOutputBufferPolicy = \"block\"\n", noStallBuffer)
 		if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		c, ctx := d.Client(t)
-		id := d.NewID("nostall")
-		script := fmt.Sprintf(`pad=$(head -c 1000 /dev/zero | tr '\0' x)
+		opts = &runtimeoptions.Options{ConfigPath: cfg}
+	}
+	c, ctx := d.Client(t)
+	id := d.NewID("nostall")
+	script := fmt.Sprintf(`pad=$(head -c 1000 /dev/zero | tr '\0' x)
 i=0
 while [ $i -lt %d ]; do i=$((i+1)); echo "$i $pad"; echo $i > /progress; usleep 20000; done`, noStallLines)
-		cont := newClientContainer(t, d, c, ctx, id, &runtimeoptions.Options{ConfigPath: cfg}, 0,
-			oci.WithProcessArgs("sh", "-c", script))
-		// The test reads the FIFO itself, as the CRI plugin does: it can
-		// go away and come back to the same FIFO (containerd's client
-		// removes its FIFOs when it closes them).
-		stdout := filepath.Join(t.TempDir(), "stdout")
-		if err := unix.Mkfifo(stdout, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		var before syncBuffer
-		firstRead := readFIFO(t, stdout, &before)
-		task, err := cont.NewTask(ctx, func(string) (cio.IO, error) { return fifoIO{cio.Config{Stdout: stdout}}, nil })
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := task.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		progress := filepath.Join("/proc", strconv.Itoa(int(task.Pid())), "root", "progress")
-		if !pollUntil(10*time.Second, func() bool { return strings.Contains(before.String(), "\n50 ") }) {
-			t.Fatalf("no output from the workload: %q", before.String())
-		}
+	cont := newClientContainer(t, d, c, ctx, id, opts, 0, oci.WithProcessArgs("sh", "-c", script))
+	// The test reads the FIFO itself, as the CRI plugin does: it can
+	// go away and come back to the same FIFO (containerd's client
+	// removes its FIFOs when it closes them).
+	stdout := filepath.Join(t.TempDir(), "stdout")
+	if err := unix.Mkfifo(stdout, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var before syncBuffer
+	firstRead := readFIFO(t, stdout, &before)
+	task, err := cont.NewTask(ctx, func(string) (cio.IO, error) { return fifoIO{cio.Config{Stdout: stdout}}, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	progress := filepath.Join("/proc", strconv.Itoa(int(task.Pid())), "root", "progress")
+	if !pollUntil(10*time.Second, func() bool { return strings.Contains(before.String(), "\n50 ") }) {
+		t.Fatalf("no output from the workload: %q", before.String())
+	}
 
-		// The reader goes away, then containerd, for 30 s; meanwhile the
-		// workload's progress is sampled.
-		firstRead.Close()
-		stop := make(chan struct{})
-		stalls := make(chan string, 1)
-		var sampler sync.WaitGroup
-		sampler.Add(1)
-		go func() {
-			defer sampler.Done()
-			stalls <- watchProgress(progress, stop)
-		}()
-		d.Restart(t, true, 30*time.Second)
-		close(stop)
-		sampler.Wait()
-		if s := <-stalls; s != "" {
-			t.Fatal(s)
-		}
+	// The reader goes away, then containerd; meanwhile the workload's
+	// progress is sampled.
+	firstRead.Close()
+	stop := make(chan struct{})
+	stalls := make(chan string, 1)
+	var sampler sync.WaitGroup
+	sampler.Add(1)
+	go func() {
+		defer sampler.Done()
+		stalls <- watchProgress(progress, stop)
+	}()
+	d.Restart(t, true, down)
+	close(stop)
+	sampler.Wait()
+	if stall := <-stalls; stall != "" || !buffered {
+		return stall
+	}
 
-		cont, err = c.LoadContainer(ctx, id)
-		if err != nil {
-			t.Fatal(err)
+	cont, err = c.LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var after syncBuffer
+	readFIFO(t, stdout, &after)
+	if task, err = cont.Task(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	exitC, err := task.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case st := <-exitC:
+		if st.ExitCode() != 0 {
+			t.Fatalf("workload exited %d", st.ExitCode())
 		}
-		var after syncBuffer
-		readFIFO(t, stdout, &after)
-		if task, err = cont.Task(ctx, nil); err != nil {
-			t.Fatal(err)
-		}
-		exitC, err := task.Wait(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case st := <-exitC:
-			if st.ExitCode() != 0 {
-				t.Fatalf("workload exited %d", st.ExitCode())
-			}
-		case <-time.After(2 * time.Minute):
-			t.Fatal("the workload did not finish")
-		}
-		pollUntil(30*time.Second, func() bool { return strings.Contains(after.String(), fmt.Sprintf("\n%d ", noStallLines)) })
-		checkLines(t, before.String()+after.String(), noStallLines)
-		if _, err := task.Delete(ctx); err != nil {
-			t.Fatal(err)
-		}
-	})
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the workload did not finish")
+	}
+	pollUntil(30*time.Second, func() bool { return strings.Contains(after.String(), fmt.Sprintf("\n%d ", noStallLines)) })
+	checkLines(t, before.String()+after.String(), noStallLines)
+	if _, err := task.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return ""
 }
 
 // fifoIO hands containerd FIFO paths that the test reads itself.

@@ -335,8 +335,9 @@ func TestExitsWhileContainerdAway(t *testing.T) {
 		if e := w.WaitFor(t, "the exec's exit", isExit(keeper, "late")); e.num("exit_status") != 5 {
 			t.Fatalf("the exec's TaskExit has status %d, want 5:\n%s", e.num("exit_status"), w.dump())
 		}
-		// Whatever would come twice comes within the shim's retry period.
-		time.Sleep(3 * time.Second)
+		// A resend comes within a forward timeout (5 s) plus the settle
+		// delay (2 s) after the first send: count for longer than that.
+		time.Sleep(10 * time.Second)
 		for _, ex := range [][2]string{{gone, gone}, {keeper, "late"}} {
 			n := 0
 			for _, e := range w.Events() {
