@@ -9,7 +9,7 @@ BIN     := bin/$(SHIM)
 # added (or not exist yet) without touching this file.
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 
-.PHONY: all build test vet test-unit test-integration test-stress bench install deps demo clean
+.PHONY: all build test vet test-unit test-integration test-cri test-stress bench install deps demo clean
 
 all: build
 
@@ -22,10 +22,17 @@ vet:
 test-unit:
 	$(GO) test -race $(UNIT_PKGS)
 
-# Needs root; runs against containerd 1.6, 2.2 and 2.4 (scripts/install-deps.sh).
-# KEEL_TEST_RUNTIME=io.containerd.runc.v2 runs the same tests on the reference shim.
+# Needs root; runs against containerd 1.6, 1.7, 2.2 and 2.4 (scripts/install-deps.sh),
+# each started as systemd starts it, with its own default config and the CRI.
+# KEEL_TEST_RUNTIME=io.containerd.runc.v2 runs the same tests on the reference shim;
+# KEEL_TEST_VERSIONS=2.4,1.7 narrows the versions.
 test-integration:
 	$(GO) test -count=1 -v -timeout 30m ./integration/...
+
+# Needs root: only the Kubernetes path (pods through each version's CRI),
+# part of test-integration; about 10 s per containerd version.
+test-cri:
+	$(GO) test -count=1 -v -timeout 10m -run '^TestCRI' ./integration/
 
 # Needs root: 1000 execs in one container and 50 containers at once, on
 # containerd 2.4; checks the shim's fds, goroutines and live heap stay flat.
