@@ -121,7 +121,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	}
 	mounts := make([]process.Mount, 0, len(r.Rootfs))
 	for _, m := range r.Rootfs {
-		mounts = append(mounts, process.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
+		mounts = append(mounts, process.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
 	}
 	c, err := process.Create(ctx, process.Config{
 		ID: r.ID, Bundle: r.Bundle, Namespace: s.ns, Rootfs: mounts, Checkpoint: r.Checkpoint,

@@ -95,6 +95,11 @@ func (r *Reaper) reapAll() {
 		if err != nil || pid <= 0 {
 			return
 		}
+		if !ws.Exited() && !ws.Signaled() {
+			// A ptrace stop, reported to the tracer whatever the flags:
+			// core/mount traces the child it makes for an idmapped mount.
+			continue
+		}
 		r.deliver(Exit{Pid: pid, Status: ExitStatus(ws), Time: time.Now()})
 	}
 }
