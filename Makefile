@@ -42,10 +42,15 @@ test-stress:
 test: vet test-unit test-integration test-stress
 
 # Needs root. Benchmarks Keel (the stripped build above) against
-# containerd-shim-runc-v2 of the same containerd, in one daemon: idle
-# footprint, `ctr run --rm` latency, 1 GiB of stdout to a file and to FIFOs.
+# containerd-shim-runc-v2 of the same containerd built as containerd's releases
+# build it (CGO_ENABLED=0, -trimpath, -s -w; built once and cached in
+# /opt/keel/bench-ref-<version>; Debian's own for 1.6), in one daemon: idle
+# footprint with a breakdown of one shim's memory, `ctr run --rm` latency,
+# time to running, create+start+exit and exec against a raw runc floor
+# (with runtime invocations counted), 1 GiB of stdout to a file and to FIFOs
+# with 4 KiB, 64 KiB and 1 MiB writes.
 # Go repeats one sub-benchmark's -count runs back to back, so the rounds
-# (keel, runc, keel, runc, ...) come from KEEL_BENCH_ROUNDS instead.
+# (keel, runc; runc, keel; ...) come from KEEL_BENCH_ROUNDS instead.
 # Raw output in bench.out, table of medians and keel/runc ratios in bench.txt.
 # KEEL_BENCH_VERSIONS=1.6,2.4 adds containerd 1.6 (default: 2.4).
 BENCH_ROUNDS  ?= 5
@@ -55,7 +60,7 @@ bench: SHELL := /bin/bash
 bench: .SHELLFLAGS := -o pipefail -c
 bench: build
 	$(BENCH_ENV) $(GO) test -run '^$$' -bench 'Footprint|Stdout' -benchtime 1x -count 1 -timeout 0 ./integration/ | tee bench.out
-	$(BENCH_ENV) $(GO) test -run '^$$' -bench 'StartExit' -benchtime $(BENCH_RUNS)x -count 1 -timeout 0 ./integration/ | tee -a bench.out
+	$(BENCH_ENV) $(GO) test -run '^$$' -bench 'StartExit|Overhead' -benchtime $(BENCH_RUNS)x -count 1 -timeout 0 ./integration/ | tee -a bench.out
 	$(GO) run ./integration/cmd/benchsum < bench.out | tee bench.txt
 
 install: build

@@ -35,15 +35,19 @@ const footprintContainers = 5
 const footprintSettle = 2 * time.Second
 
 // BenchmarkFootprint measures idle shims: 5 detached `sleep 3600`
-// containers per runtime, then per shim Rss and Pss (smaps_rollup) and
-// Threads (status); the medians are reported, with the shim binary's size.
+// containers per runtime, then per shim its memory (smaps_rollup, and where
+// the anonymous part goes: see memBreakdown) and Threads (status); then,
+// asked with SIGUSR1 (after the smaps are read: Keel frees memory first),
+// the Go runtime's view: goroutines, and Keel's heap and stack figures. The
+// medians are reported, with the shim binary's size.
 //
 // Pss charges each shared page to the processes sharing it in equal parts:
 // the 5 shims run the same binary, so its text and read-only data are split
 // 5 ways and Pss is well below Rss. Pss is the better measure of what one
-// more container costs; Rss is what one shim alone would cost. Keel and runc
-// shims never run at the same time here, so neither shares pages with the
-// other.
+// more container costs (Pss_Anon most of all: the binary's pages are shared
+// by every pod of the node); Rss is what one shim alone would cost. Keel and
+// runc shims never run at the same time here, so neither shares pages with
+// the other.
 func BenchmarkFootprint(b *testing.B) {
 	forEachBenchVersion(b, func(b *testing.B, d *Daemon, rts []benchRuntime) {
 		alternate(b, rts, func(b *testing.B, rt benchRuntime) {
@@ -51,7 +55,9 @@ func BenchmarkFootprint(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			var rss, pss, threads []float64
+			var mems []memBreakdown
+			var threads []float64
+			var gos []goView
 			for b.Loop() {
 				ids := make([]string, footprintContainers)
 				shims := make([]int, footprintContainers)
@@ -65,7 +71,7 @@ func BenchmarkFootprint(b *testing.B) {
 				}
 				time.Sleep(footprintSettle)
 				for _, pid := range shims {
-					mem, err := procKB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Rss", "Pss")
+					mem, err := readMemBreakdown(pid, rt.Binary)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -73,16 +79,48 @@ func BenchmarkFootprint(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					rss, pss, threads = append(rss, mem["Rss"]), append(pss, mem["Pss"]), append(threads, st["Threads"])
+					mems, threads = append(mems, mem), append(threads, st["Threads"])
+				}
+				for _, pid := range shims {
+					gos = append(gos, d.goViewOf(b, rt, pid))
 				}
 				for i, id := range ids {
 					d.removeBenchTask(b, id, shims[i])
 				}
 			}
-			b.Logf("%s shims: Rss kB %v, Pss kB %v, threads %v", rt.Name, rss, pss, threads)
-			b.ReportMetric(median(rss), "rss-kB")
-			b.ReportMetric(median(pss), "pss-kB")
+			pick := func(f func(m memBreakdown) float64) []float64 {
+				var xs []float64
+				for _, m := range mems {
+					xs = append(xs, f(m))
+				}
+				return xs
+			}
+			pickGo := func(f func(g goView) float64) []float64 {
+				var xs []float64
+				for _, g := range gos {
+					xs = append(xs, f(g))
+				}
+				return xs
+			}
+			b.Logf("%s shims: Rss kB %v, Pss_Anon kB %v, threads %v, goroutines %v", rt.Name,
+				pick(func(m memBreakdown) float64 { return m.Rss }), pick(func(m memBreakdown) float64 { return m.PssAnon }),
+				threads, pickGo(func(g goView) float64 { return g.Goroutines }))
+			b.Logf("%s shim 0: %+v %+v", rt.Name, mems[0], gos[0])
+			b.ReportMetric(median(pick(func(m memBreakdown) float64 { return m.Rss })), "rss-kB")
+			b.ReportMetric(median(pick(func(m memBreakdown) float64 { return m.Pss })), "pss-kB")
+			b.ReportMetric(median(pick(func(m memBreakdown) float64 { return m.PssAnon })), "pss-anon-kB")
+			b.ReportMetric(median(pick(func(m memBreakdown) float64 { return m.PssFile })), "pss-file-kB")
+			b.ReportMetric(median(pick(func(m memBreakdown) float64 { return m.Heap })), "anon-heap-kB")
+			b.ReportMetric(median(pick(func(m memBreakdown) float64 { return m.Data })), "anon-data-kB")
+			b.ReportMetric(median(pick(func(m memBreakdown) float64 { return m.Other })), "anon-other-kB")
+			b.ReportMetric(median(pick(func(m memBreakdown) float64 { return m.THP })), "anon-thp-kB")
 			b.ReportMetric(median(threads), "threads")
+			b.ReportMetric(median(pickGo(func(g goView) float64 { return g.Goroutines })), "goroutines")
+			if rt.Name == "keel" {
+				b.ReportMetric(median(pickGo(func(g goView) float64 { return g.HeapAllocKB })), "keel-heap-alloc-kB")
+				b.ReportMetric(median(pickGo(func(g goView) float64 { return g.HeapSysKB })), "keel-heap-sys-kB")
+				b.ReportMetric(median(pickGo(func(g goView) float64 { return g.StackKB })), "keel-stacks-sys-kB")
+			}
 			b.ReportMetric(float64(size), "bin-bytes")
 			b.ReportMetric(float64(load), "bin-load-bytes")
 		})
@@ -121,8 +159,9 @@ const gib = 1 << 30
 //   - fifo: into the FIFOs the benchmark reads itself through the containerd
 //     Go client (it must read exactly 1 GiB).
 //
-// Two writers: busybox `head -c`, which writes 4 KiB at a time, as busy
-// loggers do, and spends a core of its own doing so; and `dd bs=1M` (the
+// Three writers: busybox `head -c`, which writes 4 KiB at a time, as busy
+// loggers do, and spends a core of its own doing so; `dd bs=64k` (the
+// "-64k" runs), a pipe's default capacity at a time; and `dd bs=1M` (the
 // "-1m" runs), which writes 1 MiB at a time at little cost, so that the
 // shims' copying is what limits the rate.
 //
@@ -137,6 +176,7 @@ func BenchmarkStdout(b *testing.B) {
 		args   []string
 	}{
 		{"", []string{"head", "-c", strconv.Itoa(gib), "/dev/zero"}},
+		{"-64k", []string{"dd", "if=/dev/zero", "bs=65536", "count=" + strconv.Itoa(gib>>16), "status=none"}},
 		{"-1m", []string{"dd", "if=/dev/zero", "bs=1048576", "count=" + strconv.Itoa(gib>>20), "status=none"}},
 	}
 	forEachBenchVersion(b, func(b *testing.B, d *Daemon, rts []benchRuntime) {

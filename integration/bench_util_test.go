@@ -17,7 +17,8 @@ import (
 )
 
 // The benchmarks compare Keel with containerd's reference shim,
-// containerd-shim-runc-v2 of the same containerd version, driven by one
+// containerd-shim-runc-v2 of the same containerd version built as containerd
+// releases build it (bench_ref_test.go), driven by one
 // daemon in the same run. They report numbers (ReportMetric) and never assert
 // timings; integration/cmd/benchsum turns `go test -bench` output into a
 // table of medians and Keel/runc ratios.
@@ -31,8 +32,8 @@ import (
 // keel, then all of runc), so a drift of the machine during the run (page
 // cache, writeback, a noisy neighbour on a 2-core VM) would land on one
 // runtime only. KEEL_BENCH_ROUNDS alternates instead: every round runs /keel
-// then /runc, which Go names keel, runc, keel#01, runc#01, ...; benchsum folds
-// the #NN suffixes back together. `make bench` uses -count 1 and 5 rounds.
+// and /runc, in turn first, which Go names keel, runc, runc#01, keel#01, ...;
+// benchsum folds the #NN suffixes back together. `make bench` uses -count 1 and 5 rounds.
 
 // benchRuntime is one side of a comparison.
 type benchRuntime struct {
@@ -71,12 +72,19 @@ func forEachBenchVersion(b *testing.B, fn func(b *testing.B, d *Daemon, rts []be
 	}
 }
 
-// alternate runs fn for every runtime in turn, KEEL_BENCH_ROUNDS times:
-// keel, runc, keel, runc, ...
+// alternate runs fn for every runtime in turn, KEEL_BENCH_ROUNDS times,
+// reversing the order every other round (keel, runc; runc, keel; ...), so
+// that neither always runs first, right after a warm-up or a GC of the
+// daemon, nor always runs second, with the other's page cache and dirty
+// pages still around.
 func alternate(b *testing.B, rts []benchRuntime, fn func(b *testing.B, rt benchRuntime)) {
 	rounds := benchRounds(b)
 	for r := 0; r < rounds; r++ {
-		for _, rt := range rts {
+		order := slices.Clone(rts)
+		if r%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, rt := range order {
 			b.Run(rt.Name, func(b *testing.B) { fn(b, rt) })
 		}
 	}
@@ -96,7 +104,8 @@ func startBenchDaemon(b *testing.B, version string) (*Daemon, []benchRuntime) {
 		b.Fatal(err)
 	}
 	keel := benchRuntime{Name: "keel", Runtime: defaultRuntime, Binary: filepath.Join(shimDir, "containerd-shim-keel-v2")}
-	runc := benchRuntime{Name: "runc", Runtime: "io.containerd.runc.v2", Binary: filepath.Join(bin, "containerd-shim-runc-v2")}
+	refBin, refRuntime := refShim(b, version)
+	runc := benchRuntime{Name: "runc", Runtime: refRuntime, Binary: refBin}
 	for _, p := range []string{filepath.Join(bin, "containerd"), filepath.Join(bin, "ctr"), keel.Binary, runc.Binary} {
 		if _, err := os.Stat(p); err != nil {
 			b.Fatalf("benchmark of containerd %s needs %s: %v (run scripts/install-deps.sh)", version, p, err)
@@ -115,7 +124,7 @@ func startBenchDaemon(b *testing.B, version string) (*Daemon, []benchRuntime) {
 		task := d.WaitStatus(b, id, "RUNNING")
 		shim := d.benchShimOf(b, rt, id, task.Pid)
 		d.removeBenchTask(b, id, shim)
-		b.Logf("containerd %s: %s runs %s (pid %d)", version, rt.Runtime, rt.Binary, shim)
+		b.Logf("containerd %s: %s runs %s (pid %d, %s)", version, rt.Runtime, rt.Binary, shim, buildKind(rt.Binary))
 	}
 	return d, rts
 }
@@ -283,9 +292,9 @@ func clockTicks() uint64 {
 
 // binarySizes returns the file size of an executable and the bytes of it
 // that get mapped (the PT_LOAD segments). The second does not depend on
-// whether symbols and DWARF were stripped: Keel's `make build` is stripped
-// (-s -w), containerd's own `go install` build of containerd-shim-runc-v2 is
-// not, Debian's 1.6 one is.
+// whether symbols and DWARF were stripped (Keel's `make build` and the
+// release-style reference of bench_ref_test.go are, and so is Debian's 1.6
+// shim).
 func binarySizes(path string) (file, load int64, err error) {
 	st, err := os.Stat(path)
 	if err != nil {
@@ -302,6 +311,38 @@ func binarySizes(path string) (file, load int64, err error) {
 		}
 	}
 	return st.Size(), load, nil
+}
+
+// elfStripped says whether an executable has no symbol table (-s).
+func elfStripped(path string) (bool, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	return f.Section(".symtab") == nil, nil
+}
+
+// buildKind describes how an executable was built, for the log: static or
+// dynamic, stripped or not.
+func buildKind(path string) string {
+	f, err := elf.Open(path)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	kind := "static"
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			kind = "dynamic"
+		}
+	}
+	if f.Section(".symtab") == nil {
+		kind += ", stripped"
+	} else {
+		kind += ", with symbols"
+	}
+	return kind
 }
 
 func median(xs []float64) float64 {

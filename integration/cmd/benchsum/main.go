@@ -11,9 +11,16 @@
 // ns/op (harness time) is left out. The spread column is (max-min)/median
 // of each side, to tell a ratio from noise.
 //
+// Where a benchmark also has /floor results (BenchmarkOverhead: raw runc
+// doing the same work without containerd or a shim), the floor's median is
+// shown and the last column is (keel-floor)/(runc-floor): the share of the
+// reference's overhead above the floor that Keel costs.
+//
 // It exits 1 when the output holds a failure, or when a benchmark has
 // results for one runtime and not the other: a comparison with a missing
-// side must not pass for a result.
+// side must not pass for a result. Metrics whose unit starts with "keel-"
+// (the Go runtime's own figures, which only Keel's shim reports) are the
+// exception: they are shown for Keel alone.
 package main
 
 import (
@@ -29,7 +36,7 @@ import (
 	"text/tabwriter"
 )
 
-var runtimes = []string{"keel", "runc"}
+var runtimes = []string{"keel", "runc", "floor"}
 
 type key struct{ bench, unit string }
 
@@ -98,21 +105,30 @@ func run(in io.Reader, out, errw io.Writer, md bool) int {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	sep := "\t"
 	if md {
-		fmt.Fprintln(out, "| benchmark | metric | keel | runc | keel/runc | spread (keel, runc) | runs (keel, runc) |")
-		fmt.Fprintln(out, "|---|---|---:|---:|---:|---|---|")
+		fmt.Fprintln(out, "| benchmark | metric | keel | runc | keel/runc | spread (keel, runc) | runs (keel, runc) | floor | (keel-floor)/(runc-floor) |")
+		fmt.Fprintln(out, "|---|---|---:|---:|---:|---|---|---:|---:|")
 	} else {
-		fmt.Fprintln(tw, "benchmark\tmetric\tkeel\trunc\tkeel/runc\tspread (keel, runc)\truns (keel, runc)")
+		fmt.Fprintln(tw, "benchmark\tmetric\tkeel\trunc\tkeel/runc\tspread (keel, runc)\truns (keel, runc)\tfloor\t(keel-floor)/(runc-floor)")
 	}
 	for _, k := range order {
 		s := samples[k]
-		keel, runc := s["keel"], s["runc"]
-		ratio := "-"
+		keel, runc, floor := s["keel"], s["runc"], s["floor"]
+		ratio, over, fl := "-", "-", "-"
 		if len(keel) == 0 || len(runc) == 0 {
-			problems = append(problems, fmt.Sprintf("%s %s: %d keel and %d runc results; a comparison needs both", k.bench, k.unit, len(keel), len(runc)))
+			if !(strings.HasPrefix(k.unit, "keel-") && len(runc) == 0 && len(keel) > 0) {
+				problems = append(problems, fmt.Sprintf("%s %s: %d keel and %d runc results; a comparison needs both", k.bench, k.unit, len(keel), len(runc)))
+			}
 		} else if m := median(runc); m != 0 {
 			ratio = fmt.Sprintf("%.2f", median(keel)/m)
 		}
-		cells := []string{k.bench, k.unit, num(keel), num(runc), ratio, spread(keel) + ", " + spread(runc), fmt.Sprintf("%d, %d", len(keel), len(runc))}
+		if len(floor) > 0 {
+			f := median(floor)
+			fl = num(floor)
+			if len(keel) > 0 && len(runc) > 0 && median(runc) != f {
+				over = fmt.Sprintf("%.2f", (median(keel)-f)/(median(runc)-f))
+			}
+		}
+		cells := []string{k.bench, k.unit, num(keel), num(runc), ratio, spread(keel) + ", " + spread(runc), fmt.Sprintf("%d, %d", len(keel), len(runc)), fl, over}
 		if md {
 			fmt.Fprintln(out, "| "+strings.Join(cells, " | ")+" |")
 		} else {

@@ -16,6 +16,13 @@ BenchmarkFootprint/2.4/keel#02-2 	       1	2969221349 ns/op	      3371 pss-kB	  
 BenchmarkFootprint/2.4/runc#02-2 	       1	3166713076 ns/op	      6873 pss-kB	     18214 rss-kB
 BenchmarkStdout/2.4/fifo/keel-2  	       1	2911193830 ns/op	 380.26 MB/s
 BenchmarkStdout/2.4/fifo/runc-2  	       1	2911193830 ns/op	 190.13 MB/s
+BenchmarkFootprint/2.4/keel#03-2 	       1	2969221349 ns/op	      1200 keel-heap-alloc-kB
+BenchmarkOverhead/2.4/cycle/floor-2 	      20	  1 ns/op	  40.0 median-ms
+BenchmarkOverhead/2.4/cycle/keel-2  	      20	  1 ns/op	  60.0 median-ms
+BenchmarkOverhead/2.4/cycle/runc-2  	      20	  1 ns/op	  80.0 median-ms
+BenchmarkOverhead/2.4/cycle/runc#01-2  	      20	  1 ns/op	  80.0 median-ms
+BenchmarkOverhead/2.4/cycle/keel#01-2  	      20	  1 ns/op	  60.0 median-ms
+BenchmarkOverhead/2.4/cycle/floor#01-2 	      20	  1 ns/op	  40.0 median-ms
 PASS
 `
 
@@ -26,7 +33,9 @@ func TestSummary(t *testing.T) {
 	}
 	for _, want := range []string{
 		"Footprint/2.4  pss-kB  3373.0  6875.0  0.49  0%, 0%  3, 3",
-		"Stdout/2.4/fifo  MB/s    380.3   190.1   2.00  0%, 0%  1, 1",
+		"Stdout/2.4/fifo  MB/s    380.3   190.1   2.00  0%, 0%  1, 1  -  -",
+		"Footprint/2.4 keel-heap-alloc-kB 1200.0 missing - 0%, - 1, 0 - -",
+		"Overhead/2.4/cycle median-ms 60.000 80.000 0.75 0%, 0% 2, 2 40.000 0.50",
 	} {
 		if !strings.Contains(strings.Join(strings.Fields(out.String()), " "), strings.Join(strings.Fields(want), " ")) {
 			t.Errorf("summary lacks %q:\n%s", want, out.String())
