@@ -4,7 +4,11 @@
 #   ctr run --rm --runtime io.containerd.keel.v2 docker.io/library/busybox:keel demo-N echo hello from keel
 # then stop containerd and clean up.
 #
-# KEEL_DEMO_CONTAINERD=1.6|2.2|2.4 picks the containerd (default 2.4);
+# KEEL_DEMO_CONTAINERD=1.6|1.7|2.2|2.4 picks the containerd (default 2.4).
+# It never installs or starts a system containerd, nor replaces a runc:
+# install-deps.sh provides only the chosen version, privately in
+# $KEEL_CONTAINERD_PREFIX, and says what it used and what it did.
+#
 # KEEL_DEMO_RUNTIME=io.containerd.runc.v2 runs the same demo on the reference shim.
 set -euo pipefail
 
@@ -20,16 +24,17 @@ ns=keeldemo
 id="demo-$$"
 
 case $version in
-1.6) bin=/usr/bin cfgversion=2 ;;
+1.6) bin="$KEEL_CONTAINERD_PREFIX/containerd-debian/bin" cfgversion=2 ;;
+1.7) bin="$KEEL_CONTAINERD_PREFIX/containerd-$KEEL_CONTAINERD_V17/bin" cfgversion=2 ;;
 2.2) bin="$KEEL_CONTAINERD_PREFIX/containerd-$KEEL_CONTAINERD_V22/bin" cfgversion=3 ;;
 2.4) bin="$KEEL_CONTAINERD_PREFIX/containerd-$KEEL_CONTAINERD_V24/bin" cfgversion=3 ;;
-*) echo "demo: KEEL_DEMO_CONTAINERD must be 1.6, 2.2 or 2.4" >&2; exit 2 ;;
+*) echo "demo: KEEL_DEMO_CONTAINERD must be 1.6, 1.7, 2.2 or 2.4" >&2; exit 2 ;;
 esac
 
 step() { echo; echo "==> $*"; }
 
 step "installing dependencies"
-bash scripts/install-deps.sh
+KEEL_DEPS_CONTAINERD=$version bash scripts/install-deps.sh
 step "building Keel (make build)"
 make build
 
