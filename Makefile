@@ -13,8 +13,10 @@ UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 
 all: build
 
+# -buildvcs=auto: `-v` and `-info` name the git commit of a build from a
+# checkout (a GOFLAGS=-buildvcs=false in the environment would drop it).
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN) ./cmd/$(SHIM)
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -trimpath -ldflags '-s -w' -o $(BIN) ./cmd/$(SHIM)
 
 vet:
 	$(GO) vet ./...

@@ -53,3 +53,24 @@ func TestInstallDepsLeavesContainerdAlone(t *testing.T) {
 		t.Errorf("--dry-run created %s: %v", prefix, err)
 	}
 }
+
+// TestVersionNamesCommit: `make build` makes a shim whose -v names the git
+// commit it was built from, and the Go version.
+func TestVersionNamesCommit(t *testing.T) {
+	head, err := exec.Command("git", "-C", "..", "rev-parse", "HEAD").Output()
+	if err != nil {
+		skipOrFail(t, "not a git checkout: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "containerd-shim-keel-v2")
+	if out, err := exec.Command("make", "-C", "..", "build", "BIN="+bin).CombinedOutput(); err != nil {
+		t.Fatalf("make build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "-v").CombinedOutput()
+	if err != nil {
+		t.Fatalf("-v: %v\n%s", err, out)
+	}
+	text := string(out)
+	if !strings.Contains(text, "Revision: "+strings.TrimSpace(string(head))) || !strings.Contains(text, "Go version: go1.") {
+		t.Errorf("-v says\n%s\nwant Revision: %s (maybe with .m) and the Go version", text, strings.TrimSpace(string(head)))
+	}
+}
