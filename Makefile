@@ -27,9 +27,10 @@ test-unit:
 # Needs root; runs against containerd 1.6, 1.7, 2.2 and 2.4 (scripts/install-deps.sh),
 # each started as systemd starts it, with its own default config and the CRI.
 # KEEL_TEST_RUNTIME=io.containerd.runc.v2 runs the same tests on the reference shim;
-# KEEL_TEST_VERSIONS=2.4,1.7 narrows the versions.
+# KEEL_TEST_VERSIONS=2.4,1.7 narrows the versions. -parallel 4: tests that
+# mostly wait for containerd to come back run their four versions at once.
 test-integration:
-	$(GO) test -count=1 -v -timeout 30m ./integration/...
+	$(GO) test -count=1 -v -parallel 4 -timeout 30m ./integration/...
 
 # Needs root: only the Kubernetes path (pods through each version's CRI),
 # part of test-integration; about 10 s per containerd version.

@@ -29,13 +29,30 @@ var allVersions = []string{"1.6", "1.7", "2.2", "2.4"}
 // other, each with its own private containerd. KEEL_TEST_VERSIONS=2.4,1.6
 // narrows the list while developing.
 func forEachVersion(t *testing.T, fn func(t *testing.T, d *Daemon)) {
-	versions := allVersions
-	if v := os.Getenv("KEEL_TEST_VERSIONS"); v != "" {
-		versions = strings.Split(v, ",")
-	}
-	for _, v := range versions {
+	for _, v := range testVersions() {
 		t.Run(v, func(t *testing.T) { fn(t, StartContainerd(t, v)) })
 	}
+}
+
+// forEachVersionParallel is forEachVersion with the versions' subtests
+// running at the same time (and at no other test's), for tests that mostly
+// wait, such as those that keep containerd down for half a minute: in
+// turn, four versions would take four times that.
+func forEachVersionParallel(t *testing.T, fn func(t *testing.T, d *Daemon)) {
+	for _, v := range testVersions() {
+		t.Run(v, func(t *testing.T) {
+			t.Parallel()
+			fn(t, StartContainerd(t, v))
+		})
+	}
+}
+
+// testVersions is allVersions, or KEEL_TEST_VERSIONS.
+func testVersions() []string {
+	if v := os.Getenv("KEEL_TEST_VERSIONS"); v != "" {
+		return strings.Split(v, ",")
+	}
+	return allVersions
 }
 
 // Daemon is a private containerd: its own root, state, sockets and config in
@@ -72,7 +89,9 @@ func binDir(version string) (string, error) {
 	}
 	switch version {
 	case "1.6":
-		return "/usr/bin", nil // Debian 12's containerd package
+		// Debian 12's containerd package, unpacked by install-deps.sh (never
+		// installed: the machine's own containerd is left alone).
+		return filepath.Join(prefix, "containerd-debian", "bin"), nil
 	case "1.7":
 		return filepath.Join(prefix, "containerd-"+pins["KEEL_CONTAINERD_V17"], "bin"), nil
 	case "2.2":

@@ -292,9 +292,12 @@ func TestFIFOReattachAfterRestart(t *testing.T) {
 // hears each TaskExit exactly once, with its status; the container shows
 // STOPPED, and `ctr task rm` reports its status.
 func TestExitsWhileContainerdAway(t *testing.T) {
-	forEachVersion(t, func(t *testing.T, d *Daemon) {
+	// 40 s per version, most of it waiting: the versions run at once.
+	forEachVersionParallel(t, func(t *testing.T, d *Daemon) {
+		// Both exit while containerd is down: 4 s leaves the setup below
+		// time to see them run, even with two versions starting at once.
 		gone := d.NewID("gone")
-		if _, err := d.Ctr(t, "run", "-d", "--runtime", d.Runtime, imageRef, gone, "sh", "-c", "sleep 2; exit 7"); err != nil {
+		if _, err := d.Ctr(t, "run", "-d", "--runtime", d.Runtime, imageRef, gone, "sh", "-c", "sleep 4; exit 7"); err != nil {
 			t.Fatal(err)
 		}
 		keeper := d.NewID("keeper")
@@ -302,7 +305,7 @@ func TestExitsWhileContainerdAway(t *testing.T) {
 			t.Fatal(err)
 		}
 		d.WaitStatus(t, keeper, "RUNNING")
-		if _, err := d.Ctr(t, "task", "exec", "-d", "--exec-id", "late", keeper, "sh", "-c", "sleep 2; exit 5"); err != nil {
+		if _, err := d.Ctr(t, "task", "exec", "-d", "--exec-id", "late", keeper, "sh", "-c", "sleep 4; exit 5"); err != nil {
 			t.Fatal(err)
 		}
 		d.WaitStatus(t, gone, "RUNNING")
