@@ -9,7 +9,7 @@ BIN     := bin/$(SHIM)
 # added (or not exist yet) without touching this file.
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 
-.PHONY: all build test vet test-unit test-integration test-cri test-stress bench install deps demo clean
+.PHONY: all build test vet test-unit test-integration test-cri test-race-shim test-stress bench install deps demo clean
 
 all: build
 
@@ -42,7 +42,14 @@ test-cri:
 test-stress:
 	KEEL_STRESS=1 $(GO) test -count=1 -v -timeout 20m -run 'TestStress' ./integration/
 
-test: vet test-unit test-integration test-stress
+# Needs root: the lifecycle, event, exec, stdio, restart and CRI tests on
+# containerd 2.4 with the shim built with -race; a data race any shim
+# reports fails the run.
+test-race-shim:
+	KEEL_SHIM_RACE=1 KEEL_TEST_VERSIONS=2.4 $(GO) test -count=1 -v -timeout 20m \
+		-run '^(TestRun|TestTaskLifecycle|TestEvents|TestExitOrderWithExecs|TestExecStdio|TestCloseIO|TestOOM$$|TestContainerdRestart|TestShimKilledReportsExit|TestCRIPod)' ./integration/
+
+test: vet test-unit test-integration test-race-shim test-stress
 
 # Needs root. Benchmarks Keel (the stripped build above) against
 # containerd-shim-runc-v2 of the same containerd built as containerd's releases

@@ -49,7 +49,27 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 	setup(tmp)
-	return m.Run()
+	code := m.Run()
+	if raceDir != "" && racesReported() && code == 0 {
+		code = 1
+	}
+	return code
+}
+
+// raceDir, with KEEL_SHIM_RACE=1, collects the data race reports of shims
+// built with -race: each shim writes its own (GORACE log_path, inherited
+// through containerd's environment).
+var raceDir string
+
+// racesReported prints the shims' race reports, if any, and says whether
+// there were some.
+func racesReported() bool {
+	reports, _ := filepath.Glob(filepath.Join(raceDir, "race.*"))
+	for _, r := range reports {
+		data, _ := os.ReadFile(r)
+		fmt.Fprintf(os.Stderr, "DATA RACE in a shim (%s):\n%s\n", r, data)
+	}
+	return len(reports) > 0
 }
 
 func setup(tmp string) {
@@ -99,8 +119,19 @@ func buildShim(binDir string) (string, error) {
 	}
 	// As `make build` builds it: static, so no libc is mapped into every shim.
 	cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(binDir, name), "./cmd/"+name)
-	cmd.Dir = ".." // the module root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if os.Getenv("KEEL_SHIM_RACE") == "1" {
+		// The race detector needs cgo. Reports go to files the tests
+		// read at the end: a shim's stderr is containerd's log.
+		raceDir = filepath.Join(filepath.Dir(binDir), "race")
+		if err := os.MkdirAll(raceDir, 0o755); err != nil {
+			return "", err
+		}
+		os.Setenv("GORACE", "log_path="+filepath.Join(raceDir, "race"))
+		cmd = exec.Command("go", "build", "-race", "-trimpath", "-o", filepath.Join(binDir, name), "./cmd/"+name)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	}
+	cmd.Dir = ".." // the module root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/%s: %v\n%s", name, err, out)
 	}
