@@ -112,6 +112,7 @@ func startBenchDaemon(b *testing.B, version string) (*Daemon, []benchRuntime) {
 		}
 	}
 	d := StartContainerd(b, version)
+	setBenchLogLevel(b, d)
 	rts := []benchRuntime{keel, runc}
 	// One container per runtime: warms both up (first exec of each binary,
 	// image and snapshot caches) and proves that each runtime name makes
@@ -127,6 +128,48 @@ func startBenchDaemon(b *testing.B, version string) (*Daemon, []benchRuntime) {
 		b.Logf("containerd %s: %s runs %s (pid %d, %s)", version, rt.Runtime, rt.Binary, shim, buildKind(rt.Binary))
 	}
 	return d, rts
+}
+
+// setBenchLogLevel restarts d at KEEL_BENCH_LOG_LEVEL (default info, as
+// containerd ships and runs under systemd) instead of the debug level the
+// tests use: at debug containerd starts every shim with -debug, which makes
+// each serve profiles on a second socket (containerd-shim-runc-v2 through
+// net/http) and log more, and so measures neither shim as users run it.
+func setBenchLogLevel(b *testing.B, d *Daemon) {
+	b.Helper()
+	level := os.Getenv("KEEL_BENCH_LOG_LEVEL")
+	if level == "" {
+		level = "info"
+	}
+	if level == "debug" {
+		return
+	}
+	cfg := filepath.Join(d.Dir, "config.toml")
+	data, err := os.ReadFile(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	lines := strings.Split(string(data), "\n")
+	table, done := "", false
+	for i, line := range lines {
+		t := strings.TrimSpace(line)
+		if strings.HasPrefix(t, "[") {
+			table = t
+			continue
+		}
+		if k, _, ok := strings.Cut(t, "="); ok && table == "[debug]" && strings.TrimSpace(k) == "level" {
+			lines[i] = fmt.Sprintf("  level = %q", level)
+			done = true
+		}
+	}
+	if !done {
+		b.Fatalf("%s has no [debug] level to set", cfg)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	d.Restart(b, false, 0)
+	b.Logf("containerd %s restarted at log level %s (KEEL_BENCH_LOG_LEVEL)", d.Version, level)
 }
 
 // benchShimOf returns the shim parenting the task's init process, after
