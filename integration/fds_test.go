@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // TestNoShimFdsInContainer: nothing the shim holds (its socket, FIFOs,
@@ -26,12 +27,17 @@ func TestNoShimFdsInContainer(t *testing.T) {
 			t.Fatal(err)
 		}
 		shim := d.ShimOf(t, id, task.Pid)
+		// runc exec returns once its init is ready, before that execs
+		// sleep: under load the exec is still "runc init" for a while.
 		var execPid int
-		for _, pid := range descendants(shim) {
-			if pid != task.Pid && len(cmdline(pid)) > 0 && cmdline(pid)[0] == "sleep" {
-				execPid = pid
+		pollUntil(5*time.Second, func() bool {
+			for _, pid := range descendants(shim) {
+				if pid != task.Pid && len(cmdline(pid)) > 0 && cmdline(pid)[0] == "sleep" {
+					execPid = pid
+				}
 			}
-		}
+			return execPid != 0
+		})
 		if execPid == 0 {
 			t.Fatalf("no exec'd sleep found below shim %d", shim)
 		}
