@@ -175,6 +175,13 @@ type Pod struct {
 // network namespace). No CNI is involved.
 func (c *CRI) RunPod(t testing.TB, name string) *Pod {
 	t.Helper()
+	return c.RunPodOn(t, name, criHandler, c.d.Runtime)
+}
+
+// RunPodOn is RunPod with another runtime handler, whose runtime type is
+// runtimeType (runc's "runc" handler, for comparisons).
+func (c *CRI) RunPodOn(t testing.TB, name, handler, runtimeType string) *Pod {
+	t.Helper()
 	b := make([]byte, 8)
 	rand.Read(b)
 	uid := hex.EncodeToString(b)
@@ -196,9 +203,9 @@ func (c *CRI) RunPod(t testing.TB, name string) *Pod {
 	}
 	c.d.criCgroups = append(c.d.criCgroups, p.CgroupParent)
 	start := time.Now()
-	resp, err := do(c.RT.RunPodSandbox, &runtimeapi.RunPodSandboxRequest{Config: p.Config, RuntimeHandler: criHandler})
+	resp, err := do(c.RT.RunPodSandbox, &runtimeapi.RunPodSandboxRequest{Config: p.Config, RuntimeHandler: handler})
 	if err != nil {
-		t.Fatalf("RunPodSandbox %s (handler %s -> %s) on containerd %s: %v", name, criHandler, c.d.Runtime, c.d.Version, err)
+		t.Fatalf("RunPodSandbox %s (handler %s -> %s) on containerd %s: %v", name, handler, runtimeType, c.d.Version, err)
 	}
 	p.ID = resp.PodSandboxId
 	c.d.criIDs = append(c.d.criIDs, p.ID)
@@ -206,12 +213,12 @@ func (c *CRI) RunPod(t testing.TB, name string) *Pod {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY || st.Status.RuntimeHandler != criHandler {
-		t.Fatalf("pod %s: state %v, handler %q; want SANDBOX_READY, %q", p.ID, st.Status.State, st.Status.RuntimeHandler, criHandler)
+	if st.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY || st.Status.RuntimeHandler != handler {
+		t.Fatalf("pod %s: state %v, handler %q; want SANDBOX_READY, %q", p.ID, st.Status.State, st.Status.RuntimeHandler, handler)
 	}
 	rt := verboseField(st.Info, "runtimeType")
-	if rt != nil && rt != c.d.Runtime {
-		t.Fatalf("pod %s runs on runtime type %v, want %s", p.ID, rt, c.d.Runtime)
+	if rt != nil && rt != runtimeType {
+		t.Fatalf("pod %s runs on runtime type %v, want %s", p.ID, rt, runtimeType)
 	}
 	t.Logf("pod %s (%s) ready in %v, runtime type %v", name, p.ID, time.Since(start).Round(time.Millisecond), rt)
 	return p
