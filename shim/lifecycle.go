@@ -359,6 +359,8 @@ func Delete(f Flags, stdout, stderr io.Writer) error {
 		return err
 	}
 	removeStaleSocket(bundle)
+	// The dead shim's pprof socket too, if it served one (debug level).
+	removeIfStale(DebugSocketPath(f.Address, f.Namespace, groupID(bundle, f.ID)))
 	if err := replaySpool(os.Getenv("TTRPC_ADDRESS"), f.Namespace, bundle, f.ID, spoolReplayTimeout); err != nil {
 		fmt.Fprintf(stderr, "keel: %v\n", err)
 	}
@@ -403,8 +405,14 @@ func removeStaleSocket(bundle string) {
 	if err != nil {
 		return
 	}
-	path := socketPathOf(strings.TrimSpace(string(data)))
-	if !filepath.IsAbs(path) || serving(path) {
+	if path := socketPathOf(strings.TrimSpace(string(data))); filepath.IsAbs(path) {
+		removeIfStale(path)
+	}
+}
+
+// removeIfStale removes the socket at path unless a live shim serves it.
+func removeIfStale(path string) {
+	if serving(path) {
 		return
 	}
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
