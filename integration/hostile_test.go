@@ -129,7 +129,7 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 // remove the socket of the next one for the same group: every run
 // succeeds and no shim is left.
 func TestSameIDReused(t *testing.T) {
-	forEachVersion(t, func(t *testing.T, d *Daemon) {
+	forEachVersionParallel(t, func(t *testing.T, d *Daemon) {
 		id := d.NewID("reused")
 		for i := 0; i < 50; i++ {
 			if out, err := d.ctrQuiet(time.Minute, "run", "--rm", "--runtime", d.Runtime, imageRef, id, "true"); err != nil {
@@ -145,7 +145,7 @@ func TestSameIDReused(t *testing.T) {
 // events; the shim's queue, its spool in the bundle and its memory stay
 // bounded, and the container's exit still arrives once containerd is back.
 func TestOOMLoopWhileContainerdAway(t *testing.T) {
-	forEachVersion(t, func(t *testing.T, d *Daemon) {
+	forEachVersionParallel(t, func(t *testing.T, d *Daemon) {
 		id := d.NewID("oomloop")
 		w := d.WatchEvents(t)
 		// 48 MiB buffers under a 32 MiB limit: each dd is OOM-killed.

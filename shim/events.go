@@ -58,6 +58,7 @@ type Publisher struct {
 	address string // containerd's ttrpc socket
 	ns      string
 	log     *slog.Logger
+	settle  time.Duration // settleDelay, but in tests
 
 	mu         sync.Mutex
 	queue      []*pending      // guarded by mu
@@ -71,9 +72,10 @@ type Publisher struct {
 	idle       chan struct{}   // closed when the forwarder has stopped
 
 	// Owned by the forwarder.
-	client   *ttrpc.Client
-	failing  bool   // the last send failed
-	spoolSeq uint64 // numbers spool files in publishing order
+	client      *ttrpc.Client
+	failing     bool   // the last send failed
+	unreachable bool   // since then, containerd's socket refused a dial
+	spoolSeq    uint64 // numbers spool files in publishing order
 }
 
 // pending is a queued event and where it is spooled, if it is.
@@ -88,10 +90,15 @@ type pending struct {
 
 // NewPublisher starts forwarding to containerd's ttrpc address.
 func NewPublisher(address, ns string, log *slog.Logger) *Publisher {
+	return newPublisher(address, ns, log, settleDelay)
+}
+
+func newPublisher(address, ns string, log *slog.Logger, settle time.Duration) *Publisher {
 	p := &Publisher{
 		address:    strings.TrimPrefix(address, "unix://"),
 		ns:         ns,
 		log:        log,
+		settle:     settle,
 		pendingOOM: make(map[string]bool),
 		progress:   make(chan struct{}),
 		wake:       make(chan struct{}, 1),
@@ -250,19 +257,25 @@ func (p *Publisher) forward() {
 	}
 }
 
-// send forwards env to containerd, connecting first if need be. After a
-// failure, a new connection waits settleDelay before the first send.
+// send forwards env to containerd, connecting first if need be. A
+// connection made after containerd was unreachable waits settleDelay
+// before the first send, for subscribers that reconnect after it. One
+// that merely replaces a stale connection (containerd restarted while the
+// shim had nothing to send) does not: containerd has been back for a while,
+// and what it must know (an OOM, then an exit that Wait holds back for it)
+// goes at once.
 func (p *Publisher) send(env *types.Envelope) error {
 	if p.client == nil {
 		conn, err := net.DialTimeout("unix", p.address, forwardTimeout)
 		if err != nil {
+			p.unreachable = true
 			return err
 		}
 		p.client = ttrpc.NewClient(conn)
-		if p.failing {
-			time.Sleep(settleDelay)
-			p.failing = false
+		if p.unreachable {
+			time.Sleep(p.settle)
 		}
+		p.failing, p.unreachable = false, false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
 	defer cancel()

@@ -27,6 +27,14 @@ import (
 type fakeEvents struct {
 	mu     sync.Mutex
 	topics []string
+	srv    *ttrpc.Server
+	path   string
+}
+
+// stop is containerd going away: the server and its socket are gone.
+func (f *fakeEvents) stop() {
+	f.srv.Close()
+	os.Remove(f.path)
 }
 
 func (f *fakeEvents) Forward(_ context.Context, r *eventsapi.ForwardRequest) (*emptypb.Empty, error) {
@@ -57,7 +65,7 @@ func serveEvents(t *testing.T, path string) *fakeEvents {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeEvents{}
+	f := &fakeEvents{srv: srv, path: path}
 	eventsapi.RegisterTTRPCEventsService(srv, f)
 	l, err := net.Listen("unix", path)
 	if err != nil {
@@ -235,5 +243,45 @@ func TestPublisherBounded(t *testing.T) {
 	}
 	if counts[TopicOOM] != 1 || counts[TopicExit+":c1"] != 1 || counts[TopicExecAdded] != maxQueued-1 {
 		t.Errorf("delivered %v; want 1 OOM, 1 exit and %d exec-added", counts, maxQueued-1)
+	}
+}
+
+// TestPublisherSettlesOnlyAfterAnOutage: after containerd was unreachable
+// the first send waits the settle delay (for subscribers coming back); a
+// connection that was merely stale (containerd restarted while the shim
+// had nothing to send) is replaced and used at once, so that what the CRI
+// needs at an exit is not held back.
+func TestPublisherSettlesOnlyAfterAnOutage(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "containerd.sock.ttrpc")
+	first := serveEvents(t, sock)
+	p := newPublisher(sock, "ns", discardLog(), time.Hour)
+	defer p.Close(time.Second)
+	sync := func(within time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), within)
+		defer cancel()
+		return p.Sync(ctx)
+	}
+	p.Publish("", TopicStart, &eventstypes.TaskStart{ContainerID: "c1"})
+	if err := sync(10 * time.Second); err != nil || len(first.seen()) != 1 {
+		t.Fatalf("first delivery: %v, seen %v", err, first.seen())
+	}
+
+	// containerd restarts while the shim is idle: its connection is stale.
+	first.stop()
+	second := serveEvents(t, sock)
+	p.Publish("", TopicOOM, &eventstypes.TaskOOM{ContainerID: "c1"})
+	p.Publish("", TopicExit, &eventstypes.TaskExit{ContainerID: "c1", ID: "c1"})
+	if err := sync(10 * time.Second); err != nil {
+		t.Fatalf("events after a restart were held back: %v (seen %v)", err, second.seen())
+	}
+
+	// containerd is away when the shim sends: once back, the shim settles.
+	second.stop()
+	p.Publish("", TopicExit, &eventstypes.TaskExit{ContainerID: "c1", ID: "e1"})
+	time.Sleep(200 * time.Millisecond) // the send fails: nobody listens
+	serveEvents(t, sock)
+	if err := sync(2 * time.Second); err == nil {
+		t.Fatal("after an outage the event went out without the settle delay")
 	}
 }
