@@ -8,12 +8,10 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"time"
 )
 
@@ -167,78 +165,7 @@ func WriteOCIArchiveWith(w io.Writer, busybox, ref string, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	plat := platform{Architecture: runtime.GOARCH, OS: "linux"}
-	run := map[string]any{
-		"Env":        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-		"WorkingDir": "/",
-	}
-	// Only what is set, so the busybox image stays byte for byte the same.
-	if cfg.Entrypoint != nil {
-		run["Entrypoint"] = cfg.Entrypoint
-	}
-	if cfg.Cmd != nil {
-		run["Cmd"] = cfg.Cmd
-	}
-	config, err := json.Marshal(map[string]any{
-		"architecture": plat.Architecture,
-		"os":           plat.OS,
-		"config":       run,
-		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{digest(layerTar)}},
-	})
-	if err != nil {
-		return err
-	}
-	manifest, err := json.Marshal(map[string]any{
-		"schemaVersion": 2,
-		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
-		"config":        descriptor{MediaType: "application/vnd.oci.image.config.v1+json", Digest: digest(config), Size: int64(len(config))},
-		"layers":        []descriptor{{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: digest(layerTar), Size: int64(len(layerTar))}},
-	})
-	if err != nil {
-		return err
-	}
-	index, err := json.Marshal(map[string]any{
-		"schemaVersion": 2,
-		"mediaType":     "application/vnd.oci.image.index.v1+json",
-		"manifests": []descriptor{{
-			MediaType: "application/vnd.oci.image.manifest.v1+json",
-			Digest:    digest(manifest),
-			Size:      int64(len(manifest)),
-			// containerd names the imported image after these annotations.
-			Annotations: map[string]string{
-				"io.containerd.image.name":          ref,
-				"org.opencontainers.image.ref.name": ref,
-			},
-			Platform: &plat,
-		}},
-	})
-	if err != nil {
-		return err
-	}
-
-	tw := tar.NewWriter(w)
-	add := func(name string, b []byte) error {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(b)), ModTime: epoch}); err != nil {
-			return err
-		}
-		_, err := tw.Write(b)
-		return err
-	}
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "blobs/sha256/", Mode: 0o755, ModTime: epoch}); err != nil {
-		return err
-	}
-	for _, b := range [][]byte{layerTar, config, manifest} {
-		if err := add("blobs/sha256/"+digest(b)[len("sha256:"):], b); err != nil {
-			return err
-		}
-	}
-	if err := add("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
-		return err
-	}
-	if err := add("index.json", index); err != nil {
-		return err
-	}
-	return tw.Close()
+	return writeLayeredArchive(w, ref, cfg, [][]byte{layerTar})
 }
 
 // WriteOCIArchiveFile is WriteOCIArchive to a new file at path.

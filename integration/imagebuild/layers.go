@@ -73,6 +73,7 @@ func writeLayeredArchive(w io.Writer, ref string, cfg Config, layers [][]byte) e
 		"Env":        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 		"WorkingDir": "/",
 	}
+	// Only what is set, so the busybox image stays byte for byte the same.
 	if cfg.Entrypoint != nil {
 		run["Entrypoint"] = cfg.Entrypoint
 	}
