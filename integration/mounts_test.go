@@ -76,7 +76,7 @@ func TestMountsManyLayers(t *testing.T) {
 			t.Fatalf("overlay options are %d bytes, not longer than a page (%d): the test proves nothing here", size, os.Getpagesize())
 		}
 
-		code, out, err := mountsRun(t, ctx, cont)
+		code, out, err := optRun(t, ctx, cont)
 		if err != nil {
 			t.Fatalf("create the task of the %d-layer image: %v", manyLayers+1, err)
 		}
@@ -188,7 +188,7 @@ func TestMountsLoopRootfs(t *testing.T) {
 		cont := newMountsContainer(t, d, c, ctx, id, nil,
 			oci.WithDefaultPathEnv,
 			oci.WithProcessArgs("sh", "-c", "grep ' / ' /proc/mounts | cut -d' ' -f2,3; cat /etc/passwd"))
-		code, out, err := mountsRun(t, ctx, cont,
+		code, out, err := optRun(t, ctx, cont,
 			containerd.WithRootFS([]mount.Mount{{Type: "ext4", Source: img, Options: []string{"rw", "loop"}}}))
 		if err != nil {
 			t.Fatalf("create the task on a loop-mounted rootfs: %v", err)
@@ -215,7 +215,7 @@ func TestMountsMountManager(t *testing.T) {
 		cont := newMountsContainer(t, d, c, ctx, id, nil,
 			oci.WithDefaultPathEnv,
 			oci.WithProcessArgs("sh", "-c", "grep ' / ' /proc/mounts | cut -d' ' -f2,3; cat /etc/passwd"))
-		code, out, err := mountsRun(t, ctx, cont, containerd.WithRootFS([]mount.Mount{
+		code, out, err := optRun(t, ctx, cont, containerd.WithRootFS([]mount.Mount{
 			{Type: "ext4", Source: img, Options: []string{"rw", "loop"}},
 			{Type: "format/bind", Source: "{{ mount 0 }}", Options: []string{"rbind", "rw"}},
 		}))
@@ -259,7 +259,7 @@ func TestMountsFuseRootfs(t *testing.T) {
 		cont := newMountsContainer(t, d, c, ctx, id, nil,
 			oci.WithDefaultPathEnv,
 			oci.WithProcessArgs("sh", "-c", "grep ' / ' /proc/mounts | cut -d' ' -f2,3; echo written > /new"))
-		code, out, err := mountsRun(t, ctx, cont, containerd.WithRootFS([]mount.Mount{{
+		code, out, err := optRun(t, ctx, cont, containerd.WithRootFS([]mount.Mount{{
 			Type: "fuse3.fuse-overlayfs", Source: "overlay",
 			Options: []string{"lowerdir=" + lower, "upperdir=" + upper, "workdir=" + work},
 		}}))
@@ -339,7 +339,7 @@ func TestMountsFailingMount(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				id := d.NewID("badmount")
 				cont := newMountsContainer(t, d, c, ctx, id, nil, oci.WithDefaultPathEnv, oci.WithProcessArgs("true"))
-				_, _, err := mountsRun(t, ctx, cont, containerd.WithRootFS([]mount.Mount{
+				_, _, err := optRun(t, ctx, cont, containerd.WithRootFS([]mount.Mount{
 					{Type: "bind", Source: good, Options: []string{"rbind", "ro"}},
 					tc.second,
 				}))
@@ -391,37 +391,6 @@ func newMountsContainer(t *testing.T, d *Daemon, c *containerd.Client, ctx conte
 		}
 	})
 	return cont
-}
-
-// mountsRun runs the container's task to its end with its output captured
-// and deletes it. A failed NewTask is returned as is.
-func mountsRun(t *testing.T, ctx context.Context, cont containerd.Container, opts ...containerd.NewTaskOpts) (uint32, string, error) {
-	t.Helper()
-	var out syncBuffer
-	task, err := cont.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, &out, &out)), opts...)
-	if err != nil {
-		return 0, "", err
-	}
-	exitC, err := task.Wait(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := task.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var code uint32
-	select {
-	case st := <-exitC:
-		if code, _, err = st.Result(); err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("task %s did not exit within 30s", cont.ID())
-	}
-	if _, err := task.Delete(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return code, out.String(), nil
 }
 
 // mountsWaitOutput waits until out ends with suffix.

@@ -38,10 +38,10 @@ import (
 // optRun runs the container's task to its end with stdout and stderr
 // captured, deletes the task and returns its exit status and output.
 // A failed NewTask is returned as is.
-func optRun(t *testing.T, ctx context.Context, cont containerd.Container) (uint32, string, error) {
+func optRun(t *testing.T, ctx context.Context, cont containerd.Container, opts ...containerd.NewTaskOpts) (uint32, string, error) {
 	t.Helper()
 	var out syncBuffer
-	task, err := cont.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, &out, &out)))
+	task, err := cont.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, &out, &out)), opts...)
 	if err != nil {
 		return 0, "", err
 	}
@@ -58,8 +58,8 @@ func optRun(t *testing.T, ctx context.Context, cont containerd.Container) (uint3
 		if code, _, err = st.Result(); err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("task %s did not exit within 15s", cont.ID())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("task %s did not exit within 30s", cont.ID())
 	}
 	st, err := task.Delete(ctx)
 	if err != nil {
