@@ -24,19 +24,7 @@ func TestArchiveIsConsistent(t *testing.T) {
 	if err := WriteOCIArchive(&buf, fake, Ref); err != nil {
 		t.Fatal(err)
 	}
-	files := map[string][]byte{}
-	tr := tar.NewReader(&buf)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(tr)
-		files[h.Name] = b
-	}
+	files := readArchive(t, &buf)
 	type desc struct {
 		Digest      string
 		Size        int
@@ -116,22 +104,13 @@ func TestConfigRecorded(t *testing.T) {
 		if err := WriteOCIArchiveWith(&buf, fake, PauseRef, tc.cfg); err != nil {
 			t.Fatal(err)
 		}
-		tr := tar.NewReader(&buf)
 		found := false
-		for {
-			h, err := tr.Next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, _ := io.ReadAll(tr)
+		for _, b := range readArchive(t, &buf) {
 			var c struct {
 				Architecture string
 				Config       json.RawMessage
 			}
-			if h.Typeflag != tar.TypeReg || json.Unmarshal(b, &c) != nil || c.Architecture == "" {
+			if json.Unmarshal(b, &c) != nil || c.Architecture == "" {
 				continue
 			}
 			found = true
@@ -141,6 +120,26 @@ func TestConfigRecorded(t *testing.T) {
 		}
 		if !found {
 			t.Fatalf("no image config blob in the archive of %+v", tc.cfg)
+		}
+	}
+}
+
+// readArchive returns the regular files of a tar archive by name.
+func readArchive(t *testing.T, r io.Reader) map[string][]byte {
+	t.Helper()
+	files := map[string][]byte{}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return files
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			b, _ := io.ReadAll(tr)
+			files[h.Name] = b
 		}
 	}
 }

@@ -32,19 +32,7 @@ func TestLayeredArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	files := map[string][]byte{}
-	tr := tar.NewReader(f)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(tr)
-		files[h.Name] = b
-	}
+	files := readArchive(t, f)
 	type desc struct {
 		Digest string
 		Size   int
