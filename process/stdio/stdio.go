@@ -3,8 +3,10 @@
 // Package stdio wires a container process's stdin, stdout and stderr to
 // what containerd asked for: FIFOs, file:// logs, binary:// loggers or a
 // terminal. It owns every fd between the process and those targets, and
-// the copies between them (splice for FIFOs, a pooled buffer for files,
-// an optional bounded buffer while nobody reads).
+// the copies between them where one is needed (a pooled buffer for files,
+// splice for FIFOs behind a pipe of the shim's, an optional bounded buffer
+// while nobody reads); an output FIFO the process can write itself it gets
+// with no copy at all.
 package stdio
 
 import (
@@ -22,6 +24,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
+	"golang.org/x/sys/unix"
 
 	"github.com/keel-shim/keel/process/reaper"
 	"github.com/keel-shim/keel/runtime"
@@ -201,9 +204,14 @@ func (p *IO) openStdin(ctx context.Context, path string, cfg Config, pipe bool) 
 	return nil
 }
 
-// output opens t and starts copying a new pipe into it. It returns the
-// pipe's write end for the process, or nil for no output.
+// output returns the fd the process writes t through, or nil for no
+// output. A FIFO is handed to the process itself where nothing needs the
+// shim in between (directFIFO); anything else gets a new pipe and a
+// copier from it into t.
 func (p *IO) output(t target, cfg Config) (*os.File, error) {
+	if t.kind == targetFIFO && cfg.Buffer.Size <= 0 && cfg.UID <= 0 && cfg.GID <= 0 {
+		return p.directFIFO(t.path)
+	}
 	dst, err := openTarget(t)
 	if dst == nil || err != nil {
 		return nil, err
@@ -239,6 +247,49 @@ func openTarget(t target) (dst *os.File, err error) {
 		return nil, fmt.Errorf("open stdio %s: %w", t.path, err)
 	}
 	return dst, nil
+}
+
+// directFIFO opens the output FIFO at path for the process to write into
+// itself: its bytes then go to containerd's reader with no copy, no
+// wake-up and no CPU of the shim's. It is what a copy with no
+// OutputBuffer amounts to anyway: while nobody reads, the process blocks
+// once the FIFO is full (64 KiB sooner, without the pipe in between); the
+// reader sees EOF once every writer, the process and whatever inherited
+// its stdout, has closed; and all the process wrote is in the FIFO when
+// its exit is reported. Not with IoUid/IoGid: a process that re-opens
+// /proc/self/fd/1 then needs a pipe it owns, not containerd's FIFO.
+//
+// The shim keeps a reader of its own, which it never reads, so that
+// writes block rather than fail with EPIPE while containerd is away
+// (restarting); dropping it (Close, at Delete) is what ends the writes of
+// a grandchild that outlived its exec, as closing the copy did.
+func (p *IO) directFIFO(path string) (*os.File, error) {
+	if err := requireFIFO(path); err != nil {
+		return nil, err
+	}
+	keep, err := openFIFO(path, unix.O_RDONLY|unix.O_NONBLOCK)
+	if err != nil {
+		return nil, err
+	}
+	p.closers = append(p.closers, keep)
+	// Blocking, as the process's stdout must be; with our reader there,
+	// the open returns at once.
+	return openFIFO(path, unix.O_WRONLY)
+}
+
+// openFIFO opens path, which must be a FIFO itself (checked on the open
+// fd, so that a path swapped since requireFIFO is refused too).
+func openFIFO(path string, flags int) (*os.File, error) {
+	fd, err := unix.Open(path, flags|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open stdio %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		unix.Close(fd)
+		return nil, fmt.Errorf("stdio %s is not a FIFO: %w", path, errdefs.ErrInvalidArgument)
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }
 
 // copyOut copies src into dst until src ends, then closes dst: that close
