@@ -669,3 +669,64 @@ func TestIoUID(t *testing.T) {
 		})
 	})
 }
+
+// TestOutputFIFOsAreDirect: with no OutputBuffer and no IoUid/IoGid, the
+// init's and an exec's stdout and stderr are containerd's FIFOs
+// themselves, not pipes of the shim's (the shim stays out of the data
+// path); the output still arrives whole.
+func TestOutputFIFOsAreDirect(t *testing.T) {
+	if runtimeName() != defaultRuntime {
+		t.Skip("Keel's own data path: containerd's shim copies through pipes")
+	}
+	const probe = "readlink /proc/self/fd/1; readlink /proc/self/fd/2 >&2; head -c 200000 /dev/zero | busybox tr '\\0' z"
+	check := func(t *testing.T, what, out string) {
+		t.Helper()
+		out = strings.TrimRight(out, "z")
+		var links []string
+		for _, l := range strings.Split(out, "\n") {
+			if l = strings.TrimSpace(l); strings.HasPrefix(l, "/") || strings.HasPrefix(l, "pipe:") {
+				links = append(links, l)
+			}
+		}
+		if len(links) != 2 || !strings.HasSuffix(links[0], "-stdout") || !strings.HasSuffix(links[1], "-stderr") {
+			t.Fatalf("%s: fd 1 and 2 are %q, want containerd's stdout and stderr FIFOs", what, links)
+		}
+	}
+	forEachVersion(t, func(t *testing.T, d *Daemon) {
+		id := d.NewID("direct")
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := d.CtrCmd(ctx, "run", "--rm", "--runtime", d.Runtime, imageRef, id, "sh", "-c", probe)
+		var out, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("ctr run: %v, stderr %q", err, stderr.String())
+		}
+		if n := strings.Count(out.String(), "z"); n != 200000 {
+			t.Fatalf("init: %d bytes of output arrived, want 200000", n)
+		}
+		check(t, "init", out.String()+"\n"+string(withoutCtrLog(stderr.Bytes())))
+
+		id = d.NewID("direct-exec")
+		if _, err := d.Ctr(t, "run", "-d", "--runtime", d.Runtime, imageRef, id, "sleep", "1000"); err != nil {
+			t.Fatal(err)
+		}
+		d.WaitStatus(t, id, "RUNNING")
+		out.Reset()
+		stderr.Reset()
+		cmd = d.CtrCmd(ctx, "task", "exec", "--exec-id", "probe", id, "sh", "-c", probe)
+		cmd.Stdout, cmd.Stderr = &out, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("ctr task exec: %v, stderr %q", err, stderr.String())
+		}
+		if n := strings.Count(out.String(), "z"); n != 200000 {
+			t.Fatalf("exec: %d bytes of output arrived, want 200000", n)
+		}
+		check(t, "exec", out.String()+"\n"+string(withoutCtrLog(stderr.Bytes())))
+		if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", id); err != nil {
+			t.Fatal(err)
+		}
+		d.WaitStatus(t, id, "STOPPED")
+		d.TaskRm(t, id)
+	})
+}
