@@ -63,6 +63,24 @@ func TestOutputFIFODirect(t *testing.T) {
 	if flags, _ := unix.FcntlInt(child.Stdout.Fd(), unix.F_GETFL, 0); flags&unix.O_NONBLOCK != 0 || flags&unix.O_ACCMODE != unix.O_WRONLY {
 		t.Fatalf("the process's stdout has flags %#x, want blocking and write-only", flags)
 	}
+	// The shim's own reader stays out of Go's poller (which takes only
+	// non-blocking fds), or every write would wake the shim.
+	var keeps int
+	for _, c := range p.closers {
+		if f, ok := c.(*os.File); ok && f.Name() == path {
+			keeps++
+			// Not f.Fd(): that would set the fd blocking itself.
+			var flags int
+			rc, _ := f.SyscallConn()
+			rc.Control(func(fd uintptr) { flags, _ = unix.FcntlInt(fd, unix.F_GETFL, 0) })
+			if flags&unix.O_NONBLOCK != 0 {
+				t.Fatalf("the shim's reader of %s is non-blocking (flags %#x): in Go's poller", path, flags)
+			}
+		}
+	}
+	if keeps != 1 {
+		t.Fatalf("the shim holds %d fds of %s, want its one reader", keeps, path)
+	}
 	// The process: a dup of its end, which outlives Started, as a
 	// grandchild's would.
 	proc, err := dupFile(child.Stdout)
