@@ -52,23 +52,18 @@ func (t *trickle) moved(n int64) {
 // idle processes hold none.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// A copy into a file reads through the user space buffer O_APPEND forces
-// on it (splice(2) refuses such files), so what it costs per byte is set
-// by how often it wakes up. It first grows the process's pipe to
-// filePipeSize, so that the process keeps writing while the shim writes
-// the file and each wake-up finds much to move, and reads up to
-// fileBufSize at a time. With dd's 64 KiB and 1 MiB writes this took the
-// copier's CPU per GiB from about 1.6 s to 0.5 s here, and a 1 MiB buffer
-// did no better than 256 KiB. The pipe's pages are charged to the
-// writer's memory cgroup, and only exist while the shim lags behind.
-const (
-	filePipeSize = 1 << 20
-	fileBufSize  = 256 << 10
-)
-
-// fileBufPool holds the buffers of copies into files, which run only
-// while output flows; a read touches only the pages it fills.
-var fileBufPool = sync.Pool{New: func() any { b := make([]byte, fileBufSize); return &b }}
+// A copy into a file reads and writes through user space (splice(2)
+// refuses the O_APPEND file), so each byte is copied twice, as in
+// containerd's shim. What Keel can save is wake-ups: it first grows the
+// process's pipe to filePipeSize, so that the process keeps writing while
+// the shim writes the file and each wake-up finds more to move. It reads
+// through the pooled 32 KiB buffers: in the shim, under make bench (dd of
+// 64 KiB and 1 MiB blocks into a file on ext4), 64 KiB and 256 KiB reads
+// cost about twice the CPU per GiB, all of it in the kernel's copy into
+// the page cache, though a copier outside containerd showed the opposite.
+// The pipe's pages are charged to the writer's memory cgroup, and only
+// exist while the shim lags behind.
+const filePipeSize = 1 << 20
 
 // copyStream copies src to dst until src ends. From a pipe into a pipe or
 // FIFO it splices, so the bytes never enter user space; into a file (an
@@ -100,8 +95,8 @@ func copyToFile(dst, src *os.File) (int64, error) {
 	// Best effort: a terminal is no pipe, and a kernel may refuse the
 	// size (fs.pipe-max-size); the copy works either way.
 	_ = srcRC.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, filePipeSize) })
-	buf := fileBufPool.Get().(*[]byte)
-	defer fileBufPool.Put(buf)
+	buf := bufPool.Get().(*[]byte)
+	defer bufPool.Put(buf)
 	var total int64
 	var t trickle
 	for {
