@@ -123,7 +123,7 @@ func spawnDaemon(f Flags, b Bootstrap, socket string, l *net.UnixListener) error
 		args = append(args, "-debug")
 	}
 	cmd := exec.Command(self, append(args, "serve")...)
-	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+b.TTRPCAddress)
+	cmd.Env = append(daemonEnv(os.Environ()), "TTRPC_ADDRESS="+b.TTRPCAddress)
 	if score, err := readOOMScoreAdj(os.Getppid()); err == nil {
 		cmd.Env = append(cmd.Env, parentOOMScoreEnv+"="+strconv.Itoa(score))
 	}
