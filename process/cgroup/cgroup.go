@@ -8,8 +8,6 @@
 package cgroup
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -48,9 +46,11 @@ func parse(root string, procCgroup []byte) (*Cgroup, error) {
 	cg := &Cgroup{root: root}
 	_, statErr := os.Stat(filepath.Join(root, "cgroup.controllers"))
 	unifiedMode := statErr == nil
-	sc := bufio.NewScanner(bytes.NewReader(procCgroup))
-	for sc.Scan() {
-		parts := strings.SplitN(sc.Text(), ":", 3)
+	// Not a bufio.Scanner: its 4 KiB buffer would be garbage for a few
+	// hundred bytes.
+	for line := range strings.Lines(string(procCgroup)) {
+		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+		parts := strings.SplitN(line, ":", 3)
 		if len(parts) != 3 {
 			continue
 		}
