@@ -123,7 +123,7 @@ func spawnDaemon(f Flags, b Bootstrap, socket string, l *net.UnixListener) error
 		args = append(args, "-debug")
 	}
 	cmd := exec.Command(self, append(args, "serve")...)
-	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+b.TTRPCAddress)
+	cmd.Env = append(daemonEnv(os.Environ()), "TTRPC_ADDRESS="+b.TTRPCAddress)
 	if score, err := readOOMScoreAdj(os.Getppid()); err == nil {
 		cmd.Env = append(cmd.Env, parentOOMScoreEnv+"="+strconv.Itoa(score))
 	}
@@ -214,7 +214,8 @@ func Serve(f Flags) error {
 			log.Error("serve", "error", err)
 		}
 	}()
-	go dumpStacksOnSignal(log)
+	usr1 := make(chan os.Signal, 1) // a stack dump, from the loop below
+	signal.Notify(usr1, syscall.SIGUSR1)
 	if f.Debug {
 		if debugSocket, err := listenProfiles(f, log); err != nil {
 			log.Warn("pprof socket", "error", err)
@@ -225,12 +226,19 @@ func Serve(f Flags) error {
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
 	log.Info("serving", "socket", f.Socket, "pid", os.Getpid())
-	select {
-	case <-stop:
-	case sig := <-term:
-		// Containers keep running; their exits are containerd's to learn
-		// from `delete` and the records in their bundles.
-		log.Warn("stopping on a signal", "signal", sig)
+wait:
+	for {
+		select {
+		case <-stop:
+			break wait
+		case sig := <-term:
+			// Containers keep running; their exits are containerd's to
+			// learn from `delete` and the records in their bundles.
+			log.Warn("stopping on a signal", "signal", sig)
+			break wait
+		case <-usr1:
+			dumpStacks(log)
+		}
 	}
 
 	// Free the socket for a successor (if it is still ours: a `start` for
@@ -379,22 +387,27 @@ func Delete(f Flags, stdout, stderr io.Writer) error {
 	return err
 }
 
-// dumpStacksOnSignal logs every goroutine's stack on SIGUSR1, to debug a
-// wedged shim without stopping it. It collects garbage and returns free
-// memory to the kernel first, so that the RSS seen next is what is live:
-// the leak tests (make test-stress) rely on that.
-func dumpStacksOnSignal(log *slog.Logger) {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGUSR1)
-	for range ch {
-		debug.FreeOSMemory()
-		buf := make([]byte, 1<<20)
-		buf = buf[:goruntime.Stack(buf, true)]
-		var ms goruntime.MemStats
-		goruntime.ReadMemStats(&ms)
-		log.Info("goroutines", "count", goruntime.NumGoroutine(), "heap_alloc", ms.HeapAlloc,
-			"heap_sys", ms.HeapSys, "stacks_sys", ms.StackSys, "stacks", string(buf))
+// dumpStacks logs every goroutine's stack, as Serve does on SIGUSR1, to
+// debug a wedged shim without stopping it. It collects garbage and returns
+// free memory to the kernel first, so that the RSS seen next is what is
+// live: the leak tests (make test-stress) rely on that. The heap figures
+// are read before the buffer for the stacks is made, so that they are the
+// live heap too; the buffer grows only as far as the stacks need.
+func dumpStacks(log *slog.Logger) {
+	debug.FreeOSMemory()
+	var ms goruntime.MemStats
+	goruntime.ReadMemStats(&ms)
+	buf := make([]byte, 64<<10)
+	for {
+		n := goruntime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
 	}
+	log.Info("goroutines", "count", goruntime.NumGoroutine(), "heap_alloc", ms.HeapAlloc,
+		"heap_sys", ms.HeapSys, "stacks_sys", ms.StackSys, "stacks", string(buf))
 }
 
 // removeStaleSocket removes the socket of the dead shim that served the

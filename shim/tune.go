@@ -20,8 +20,11 @@ const (
 	// (containerd's child) to the daemon, which is not containerd's child.
 	parentOOMScoreEnv = "KEEL_CONTAINERD_OOM_SCORE_ADJ"
 	// schedCoreEnv is set by containerd when its config enables sched_core.
-	schedCoreEnv   = "SCHED_CORE"
-	maxOOMScoreAdj = 1000
+	schedCoreEnv = "SCHED_CORE"
+	// containerdMaxProcsEnv carries the GOMAXPROCS `start` had from
+	// containerd ("" for none) to the daemon, which runs with its own.
+	containerdMaxProcsEnv = "KEEL_CONTAINERD_GOMAXPROCS"
+	maxOOMScoreAdj        = 1000
 )
 
 // readOOMScoreAdj reads a process's oom_score_adj.
@@ -40,9 +43,48 @@ func shimOOMScoreAdj(containerd int) int {
 	return min(containerd+1, maxOOMScoreAdj)
 }
 
-// tuneDaemon applies the OOM score and the core-scheduling cookie. Neither
-// is worth failing for: where the kernel refuses, it is logged.
+// daemonMaxProcs is the daemon's GOMAXPROCS. containerd starts every shim
+// with GOMAXPROCS=2 (its runc shim then runs its daemon with 4), but a
+// shim's work is waiting: for syscalls, which hand their P to another
+// thread anyway, and for containerd. Every P costs an idle shim memory for
+// good: its own partly used heap span of each size class, its stack cache,
+// and a thread. One P makes an idle shim's anonymous memory a sixth
+// smaller (BenchmarkFootprint).
+const daemonMaxProcs = "1"
+
+// daemonEnv is the environment `start` gives the daemon: its own, with the
+// daemon's GOMAXPROCS in place of containerd's, which the daemon puts back
+// for the processes it starts (tuneDaemon). It goes in the environment,
+// rather than through runtime.GOMAXPROCS in the daemon, so that the
+// runtime starts with one P: a P taken away later hands its cached spans
+// to per-size-class runtime lists that are allocated on first use, which
+// costs more than the P saved.
+func daemonEnv(environ []string) []string {
+	env := make([]string, 0, len(environ)+2)
+	var containerd string
+	for _, kv := range environ {
+		if v, ok := strings.CutPrefix(kv, "GOMAXPROCS="); ok {
+			containerd = v
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "GOMAXPROCS="+daemonMaxProcs, containerdMaxProcsEnv+"="+containerd)
+}
+
+// tuneDaemon puts containerd's GOMAXPROCS back in the environment and
+// applies the OOM score and the core-scheduling cookie. Neither of those is
+// worth failing for: where the kernel refuses, it is logged.
 func tuneDaemon(log *slog.Logger) {
+	if v, ok := os.LookupEnv(containerdMaxProcsEnv); ok {
+		// The runtime and the loggers get containerd's environment.
+		os.Unsetenv(containerdMaxProcsEnv)
+		if v == "" {
+			os.Unsetenv("GOMAXPROCS")
+		} else {
+			os.Setenv("GOMAXPROCS", v)
+		}
+	}
 	if v := os.Getenv(parentOOMScoreEnv); v != "" {
 		os.Unsetenv(parentOOMScoreEnv) // for `start` only, not the runtime
 

@@ -24,6 +24,33 @@ func TestShimOOMScoreAdj(t *testing.T) {
 	}
 }
 
+// TestDaemonMaxProcs: the daemon runs with GOMAXPROCS=1, and the processes
+// it starts see the GOMAXPROCS containerd gave, or none if it gave none.
+func TestDaemonMaxProcs(t *testing.T) {
+	for _, tc := range []struct {
+		environ        []string
+		want, restored string
+	}{
+		{[]string{"PATH=/bin", "GOMAXPROCS=2"}, "PATH=/bin GOMAXPROCS=1 KEEL_CONTAINERD_GOMAXPROCS=2", "2"},
+		{[]string{"PATH=/bin"}, "PATH=/bin GOMAXPROCS=1 KEEL_CONTAINERD_GOMAXPROCS=", ""},
+	} {
+		env := daemonEnv(tc.environ)
+		if got := strings.Join(env, " "); got != tc.want {
+			t.Errorf("daemonEnv(%q) = %q, want %q", tc.environ, got, tc.want)
+		}
+		t.Setenv("GOMAXPROCS", daemonMaxProcs)
+		t.Setenv(containerdMaxProcsEnv, strings.TrimPrefix(env[len(env)-1], containerdMaxProcsEnv+"="))
+		tuneDaemon(discardLog())
+		if v, ok := os.LookupEnv(containerdMaxProcsEnv); ok {
+			t.Errorf("after tuneDaemon %s=%q is left for the runtime", containerdMaxProcsEnv, v)
+		}
+		v, ok := os.LookupEnv("GOMAXPROCS")
+		if tc.restored == "" && ok || v != tc.restored {
+			t.Errorf("from %q: GOMAXPROCS for the runtime is %q (set: %v), want %q", tc.environ, v, ok, tc.restored)
+		}
+	}
+}
+
 // TestSchedCoreCookie: with SCHED_CORE set (containerd's sched_core), the
 // daemon gets a core-scheduling cookie of its own. Run in a child process,
 // since the cookie is the whole process's.

@@ -8,10 +8,9 @@
 package cgroup
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -47,9 +46,11 @@ func parse(root string, procCgroup []byte) (*Cgroup, error) {
 	cg := &Cgroup{root: root}
 	_, statErr := os.Stat(filepath.Join(root, "cgroup.controllers"))
 	unifiedMode := statErr == nil
-	sc := bufio.NewScanner(bytes.NewReader(procCgroup))
-	for sc.Scan() {
-		parts := strings.SplitN(sc.Text(), ":", 3)
+	// Not a bufio.Scanner: its 4 KiB buffer would be garbage for a few
+	// hundred bytes.
+	for line := range strings.Lines(string(procCgroup)) {
+		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+		parts := strings.SplitN(line, ":", 3)
 		if len(parts) != 3 {
 			continue
 		}
@@ -99,7 +100,8 @@ func (c *Cgroup) file(controller, name string) string {
 // it: the CRI computes available memory as limit - usage, and 0 would also
 // be taken for a real limit of 0 (pids.max can be 0).
 func readUint(path string) (uint64, error) {
-	data, err := os.ReadFile(path)
+	var buf [64]byte
+	data, err := readFile(path, buf[:])
 	if err != nil {
 		return 0, err
 	}
@@ -110,6 +112,35 @@ func readUint(path string) (uint64, error) {
 	return strconv.ParseUint(s, 10, 64)
 }
 
+// readFile reads a cgroup file into buf, or into a larger buffer if buf
+// cannot hold it. os.ReadFile would size its buffer by the file's size,
+// which cgroupfs gives as 4096 for every file: a Stats call, which reads a
+// few dozen files of a few bytes each, then left ~150 kB of garbage in the
+// shim, every time the CRI collects metrics.
+func readFile(path string, buf []byte) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	n := 0
+	for n < len(buf) {
+		m, err := f.Read(buf[n:])
+		n += m
+		if err == io.EOF {
+			return buf[:n], nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	rest, err := io.ReadAll(f)
+	if err != nil {
+		return nil, err
+	}
+	return append(buf[:n:n], rest...), nil
+}
+
 // optUint is readUint for files a kernel or configuration may lack.
 func optUint(path string) uint64 {
 	v, _ := readUint(path)
@@ -118,11 +149,12 @@ func optUint(path string) uint64 {
 
 // readKeyed calls f for each "key value" line of a flat keyed file.
 func readKeyed(path string, f func(key string, value uint64)) error {
-	data, err := os.ReadFile(path)
+	var buf [2048]byte
+	data, err := readFile(path, buf[:])
 	if err != nil {
 		return err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
+	for line := range strings.Lines(string(data)) {
 		k, v, ok := strings.Cut(strings.TrimSpace(line), " ")
 		if !ok {
 			continue

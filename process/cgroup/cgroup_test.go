@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -241,5 +242,22 @@ func TestAddProcessV2(t *testing.T) {
 	got, err := os.ReadFile(filepath.Join(root, "shims/keel/cgroup.procs"))
 	if err != nil || string(got) != "4242" {
 		t.Fatalf("cgroup.procs = %q, %v; want 4242", got, err)
+	}
+}
+
+// TestReadFileBeyondBuffer: a file longer than the buffer it is read into
+// (a v1 memory.stat, blkio files of a host with many disks) comes whole.
+func TestReadFileBeyondBuffer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	for _, size := range []int{0, 1, 63, 64, 65, 5000} {
+		want := strings.Repeat("x", size)
+		if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var buf [64]byte
+		got, err := readFile(path, buf[:])
+		if err != nil || string(got) != want {
+			t.Errorf("%d bytes: read %d bytes, %v", size, len(got), err)
+		}
 	}
 }

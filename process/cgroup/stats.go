@@ -169,7 +169,8 @@ func (c *Cgroup) blkioV1() *v1.BlkIOStat {
 // "MAJ:MIN value" for the counters without an operation (sectors, time),
 // and a closing "Total value" line, which is skipped.
 func readBlkio(path string) ([]*v1.BlkIOEntry, error) {
-	data, err := os.ReadFile(path)
+	var buf [1024]byte
+	data, err := readFile(path, buf[:])
 	if err != nil {
 		return nil, err
 	}
@@ -277,7 +278,8 @@ func (c *Cgroup) statsV2() (*v2.Metrics, error) {
 // cgroup (cgroup.pressure 0: reads fail with EOPNOTSUPP) and when the file
 // does not parse, rather than zero pressure that was never measured.
 func readPSI(path string) *v2.PSIStats {
-	data, err := os.ReadFile(path)
+	var buf [256]byte
+	data, err := readFile(path, buf[:])
 	if err != nil {
 		return nil
 	}
@@ -319,7 +321,8 @@ func readPSI(path string) *v2.PSIStats {
 
 // readList reads a file of space-separated numbers.
 func readList(path string) []uint64 {
-	data, err := os.ReadFile(path)
+	var buf [256]byte
+	data, err := readFile(path, buf[:])
 	if err != nil {
 		return nil
 	}
@@ -334,7 +337,8 @@ func readList(path string) []uint64 {
 
 // readIOStat parses v2 io.stat: "MAJ:MIN rbytes=N wbytes=N rios=N wios=N ...".
 func readIOStat(path string) []*v2.IOEntry {
-	data, err := os.ReadFile(path)
+	var buf [1024]byte
+	data, err := readFile(path, buf[:])
 	if err != nil {
 		return nil
 	}
