@@ -679,11 +679,23 @@ func TestOutputFIFOsAreDirect(t *testing.T) {
 		t.Skip("Keel's own data path: containerd's shim copies through pipes")
 	}
 	const probe = "readlink /proc/self/fd/1; readlink /proc/self/fd/2 >&2; head -c 200000 /dev/zero | busybox tr '\\0' z"
-	check := func(t *testing.T, what, out string) {
+	// run runs ctr with args (ending in the probe) and checks what the
+	// probe printed: fd 1 and 2, then all of its output.
+	run := func(t *testing.T, d *Daemon, what string, args ...string) {
 		t.Helper()
-		out = strings.TrimRight(out, "z")
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := d.CtrCmd(ctx, append(args, "sh", "-c", probe)...)
+		var out, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%s: %v, stderr %q", what, err, stderr.String())
+		}
+		if n := strings.Count(out.String(), "z"); n != 200000 {
+			t.Fatalf("%s: %d bytes of output arrived, want 200000", what, n)
+		}
 		var links []string
-		for _, l := range strings.Split(out, "\n") {
+		for _, l := range strings.Split(strings.TrimRight(out.String(), "z")+"\n"+string(withoutCtrLog(stderr.Bytes())), "\n") {
 			if l = strings.TrimSpace(l); strings.HasPrefix(l, "/") || strings.HasPrefix(l, "pipe:") {
 				links = append(links, l)
 			}
@@ -693,36 +705,14 @@ func TestOutputFIFOsAreDirect(t *testing.T) {
 		}
 	}
 	forEachVersion(t, func(t *testing.T, d *Daemon) {
-		id := d.NewID("direct")
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		cmd := d.CtrCmd(ctx, "run", "--rm", "--runtime", d.Runtime, imageRef, id, "sh", "-c", probe)
-		var out, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &stderr
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("ctr run: %v, stderr %q", err, stderr.String())
-		}
-		if n := strings.Count(out.String(), "z"); n != 200000 {
-			t.Fatalf("init: %d bytes of output arrived, want 200000", n)
-		}
-		check(t, "init", out.String()+"\n"+string(withoutCtrLog(stderr.Bytes())))
+		run(t, d, "init", "run", "--rm", "--runtime", d.Runtime, imageRef, d.NewID("direct"))
 
-		id = d.NewID("direct-exec")
+		id := d.NewID("direct-exec")
 		if _, err := d.Ctr(t, "run", "-d", "--runtime", d.Runtime, imageRef, id, "sleep", "1000"); err != nil {
 			t.Fatal(err)
 		}
 		d.WaitStatus(t, id, "RUNNING")
-		out.Reset()
-		stderr.Reset()
-		cmd = d.CtrCmd(ctx, "task", "exec", "--exec-id", "probe", id, "sh", "-c", probe)
-		cmd.Stdout, cmd.Stderr = &out, &stderr
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("ctr task exec: %v, stderr %q", err, stderr.String())
-		}
-		if n := strings.Count(out.String(), "z"); n != 200000 {
-			t.Fatalf("exec: %d bytes of output arrived, want 200000", n)
-		}
-		check(t, "exec", out.String()+"\n"+string(withoutCtrLog(stderr.Bytes())))
+		run(t, d, "exec", "task", "exec", "--exec-id", "probe", id)
 		if _, err := d.Ctr(t, "task", "kill", "-s", "SIGKILL", id); err != nil {
 			t.Fatal(err)
 		}
