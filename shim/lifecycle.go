@@ -350,10 +350,14 @@ func Delete(f Flags, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	rt := runtime.New(loadRuntimeConfig(bundle, f.Namespace), runtime.ExecRunner{})
-	if err := rt.Delete(ctx, f.ID, true); err != nil && !errdefs.IsNotFound(err) {
-		// Warnings go to stderr, which containerd logs; the cleanup goes on.
-		fmt.Fprintf(stderr, "keel: %v\n", err)
+	// containerd runs this after every shim, also one that deleted its
+	// container itself: then there is nothing to ask the runtime.
+	if cfg, saved := loadRuntimeConfig(bundle, f.Namespace); saved {
+		rt := runtime.New(cfg, runtime.ExecRunner{})
+		if err := rt.Delete(ctx, f.ID, true); err != nil && !errdefs.IsNotFound(err) {
+			// Warnings go to stderr, which containerd logs; the cleanup goes on.
+			fmt.Fprintf(stderr, "keel: %v\n", err)
+		}
 	}
 	if err := process.UnmountAll(filepath.Join(bundle, "rootfs")); err != nil {
 		return err

@@ -217,6 +217,11 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	}
 	resp := &taskapi.DeleteResponse{Pid: uint32(st.Pid), ExitStatus: uint32(st.ExitStatus), ExitedAt: timestamppb.New(st.ExitedAt)}
 	if p.IsInit() {
+		// The runtime has deleted the container: the `delete` containerd
+		// runs after this shim exits need not run the runtime again.
+		if err := dropRuntimeConfig(p.Container().Bundle); err != nil {
+			logFrom(ctx, s.log).Warn("remove the runtime config of a deleted container", "id", r.ID, "error", err)
+		}
 		s.mu.Lock()
 		delete(s.containers, r.ID)
 		s.mu.Unlock()
