@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keel-shim/keel/process"
+	"github.com/keel-shim/keel/process/fakeruntime"
 	"github.com/keel-shim/keel/process/reaper"
 	"github.com/keel-shim/keel/runtime"
 )
@@ -66,5 +68,45 @@ func TestDeleteWithoutRecordReportsKill(t *testing.T) {
 	}
 	if resp := deleteIn(t, bundle); resp.ExitStatus != 137 || resp.ExitedAt == nil || resp.Pid != 4321 {
 		t.Fatalf("DeleteResponse = %v, want pid 4321, status 137 with a time", resp)
+	}
+}
+
+// TestDeleteRunsRuntimeOnlyIfItMayHoldContainer: containerd runs `delete`
+// after every shim. After one that deleted its container (and so dropped
+// the saved runtime config) the runtime is not run again: not even the
+// default one, found in PATH. After one that died with its container, the
+// runtime saved in the bundle force-deletes it.
+func TestDeleteRunsRuntimeOnlyIfItMayHoldContainer(t *testing.T) {
+	dir := t.TempDir()
+	rt, err := fakeruntime.Write(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(rt.Binary, filepath.Join(dir, runtime.DefaultBinary)); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	bundle := filepath.Join(dir, "c1")
+	if err := os.Mkdir(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	del := func() {
+		t.Helper()
+		var out, errb bytes.Buffer
+		if err := Delete(Flags{ID: "c1", Namespace: "ns", Bundle: bundle}, &out, &errb); err != nil {
+			t.Fatalf("Delete: %v (stderr %q)", err, errb.String())
+		}
+	}
+
+	del()
+	if calls := rt.Calls(); len(calls) != 0 {
+		t.Fatalf("without a saved runtime config the runtime ran: %q", calls)
+	}
+	if err := saveRuntimeConfig(bundle, runtime.Config{Binary: rt.Binary, Root: rt.Root}); err != nil {
+		t.Fatal(err)
+	}
+	del()
+	if got := strings.Join(rt.Calls(), " "); got != "delete" {
+		t.Fatalf("with a saved runtime config the runtime ran %q, want one delete", got)
 	}
 }

@@ -109,15 +109,16 @@ func newPublisher(address, ns string, log *slog.Logger, settle time.Duration) *P
 }
 
 // Publish queues an event about the container whose bundle is given. It is
-// safe to call under any lock.
-func (p *Publisher) Publish(bundle, topic string, event proto.Message) {
+// safe to call under any lock. It returns the event's place in the
+// publishing order (the first is 1), for SyncTo, or 0 if it was not queued.
+func (p *Publisher) Publish(bundle, topic string, event proto.Message) uint64 {
 	if p.address == "" {
-		return // no containerd to tell (a shim started by hand)
+		return 0 // no containerd to tell (a shim started by hand)
 	}
 	a, err := typeurl.MarshalAnyToProto(event)
 	if err != nil {
 		p.log.Error("marshal event", "topic", topic, "error", err)
-		return
+		return 0
 	}
 	env := &types.Envelope{Timestamp: timestamppb.Now(), Namespace: p.ns, Topic: topic, Event: a}
 	p.mu.Lock()
@@ -125,38 +126,48 @@ func (p *Publisher) Publish(bundle, topic string, event proto.Message) {
 	case p.closing:
 		p.mu.Unlock()
 		p.log.Warn("event after shutdown dropped", "topic", topic)
-		return
+		return 0
 	case topic == TopicOOM && p.pendingOOM[bundle]:
 		// One queued OOM says all there is to say until it is delivered.
 		p.mu.Unlock()
-		return
+		return 0
 	case len(p.queue) >= maxQueued && topic != TopicExit:
 		if p.dropped++; p.dropped == 1 {
 			p.log.Warn("event queue full while containerd is away; dropping events other than exits", "limit", maxQueued)
 		}
 		p.mu.Unlock()
-		return
+		return 0
 	}
 	if topic == TopicOOM {
 		p.pendingOOM[bundle] = true
 	}
 	p.queue = append(p.queue, &pending{env: env, bundle: bundle})
 	p.published++
+	seq := p.published
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
 	default:
 	}
+	return seq
 }
 
 // Sync waits until every event published before the call has been
-// delivered (or dropped), or ctx ends. Wait uses it: a client that learns
-// of an exit from Wait must already have had the events before it, such as
-// the OOM that the CRI turns into the reason "OOMKilled".
+// delivered (or dropped), or ctx ends.
 func (p *Publisher) Sync(ctx context.Context) error {
 	p.mu.Lock()
 	target := p.published
-	for p.settled < target {
+	p.mu.Unlock()
+	return p.SyncTo(ctx, target)
+}
+
+// SyncTo waits until the first n events published (see Publish) have been
+// delivered (or dropped), or ctx ends. Wait uses it: a client that learns
+// of an exit from Wait must already have had the events before the exit,
+// such as the OOM that the CRI turns into the reason "OOMKilled".
+func (p *Publisher) SyncTo(ctx context.Context, n uint64) error {
+	p.mu.Lock()
+	for p.settled < n {
 		progress := p.progress
 		p.mu.Unlock()
 		select {

@@ -27,8 +27,22 @@ import (
 type fakeEvents struct {
 	mu     sync.Mutex
 	topics []string
+	held   map[string]chan struct{} // topics whose Forward waits
 	srv    *ttrpc.Server
 	path   string
+}
+
+// hold makes Forwards of topic wait, unrecorded, until release is called.
+func (f *fakeEvents) hold(topic string) (release func()) {
+	ch := make(chan struct{})
+	f.mu.Lock()
+	if f.held == nil {
+		f.held = make(map[string]chan struct{})
+	}
+	f.held[topic] = ch
+	f.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(func() { close(ch) }) }
 }
 
 // stop is containerd going away: the server and its socket are gone.
@@ -45,6 +59,12 @@ func (f *fakeEvents) Forward(_ context.Context, r *eventsapi.ForwardRequest) (*e
 	name := r.GetEnvelope().GetTopic()
 	if e, ok := ev.(*eventstypes.TaskExit); ok {
 		name += ":" + e.ID
+	}
+	f.mu.Lock()
+	held := f.held[r.GetEnvelope().GetTopic()]
+	f.mu.Unlock()
+	if held != nil {
+		<-held
 	}
 	f.mu.Lock()
 	f.topics = append(f.topics, name)
@@ -203,6 +223,40 @@ func TestPublisherSync(t *testing.T) {
 	}
 	if got := strings.Join(f.seen(), " "); got != TopicOOM+" "+TopicExit+":c1" {
 		t.Fatalf("after Sync containerd has %q, want the OOM and the exit", got)
+	}
+}
+
+// TestPublisherSyncTo: SyncTo waits for the events up to a place in the
+// publishing order, not for those after it.
+func TestPublisherSyncTo(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "containerd.sock.ttrpc")
+	f := serveEvents(t, sock)
+	release := f.hold(TopicExit)
+	defer release()
+	p := NewPublisher(sock, "ns", discardLog())
+	defer p.Close(time.Second)
+	oom := p.Publish("", TopicOOM, &eventstypes.TaskOOM{ContainerID: "c1"})
+	exit := p.Publish("", TopicExit, &eventstypes.TaskExit{ContainerID: "c1", ID: "c1"})
+	if oom == 0 || exit != oom+1 {
+		t.Fatalf("Publish returned %d, %d: want consecutive places", oom, exit)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.SyncTo(ctx, exit-1); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(f.seen(), " "); got != TopicOOM {
+		t.Fatalf("after SyncTo containerd has %q, want the OOM", got)
+	}
+	short, cancelShort := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancelShort()
+	if err := p.SyncTo(short, exit); err == nil {
+		t.Fatal("SyncTo returned while the exit was held back")
+	}
+	release()
+	if err := p.SyncTo(ctx, exit); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
 	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -301,9 +302,7 @@ func newLogger(f Flags) *slog.Logger {
 		level = slog.LevelDebug
 	}
 	var w io.Writer = io.Discard
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := fifo.OpenFifoDup2(ctx, "log", syscall.O_WRONLY, 0o700, int(os.Stderr.Fd())); err == nil {
+	if openLogFIFO("log", int(os.Stderr.Fd()), 5*time.Second) == nil {
 		w = os.Stderr
 		// While containerd is away the FIFO has no reader, and Go kills a
 		// process whose write to fd 2 fails with EPIPE unless SIGPIPE is
@@ -313,6 +312,30 @@ func newLogger(f Flags) *slog.Logger {
 	}
 	h := slog.NewTextHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: containerdStyle})
 	return slog.New(h).With("shim", "keel", "namespace", f.Namespace)
+}
+
+// openLogFIFO opens the FIFO at path for writing, as fd. containerd opens
+// its reading end before it runs `start`, so a non-blocking open finds
+// the reader at once: a few system calls on the way to serving the first
+// request. Only without a reader yet (ENXIO) does it wait for one, at
+// most timeout, through the fifo package. Either way writes block, as to
+// any pipe.
+func openLogFIFO(path string, fd int, timeout time.Duration) error {
+	f, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENXIO) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		_, err = fifo.OpenFifoDup2(ctx, path, syscall.O_WRONLY, 0o700, fd)
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(f)
+	if err := unix.SetNonblock(f, false); err != nil {
+		return err
+	}
+	return unix.Dup2(f, fd)
 }
 
 // containerdStyle makes log lines look like containerd's own (logrus's
@@ -358,10 +381,14 @@ func Delete(f Flags, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	rt := runtime.New(loadRuntimeConfig(bundle, f.Namespace), runtime.ExecRunner{})
-	if err := rt.Delete(ctx, f.ID, true); err != nil && !errdefs.IsNotFound(err) {
-		// Warnings go to stderr, which containerd logs; the cleanup goes on.
-		fmt.Fprintf(stderr, "keel: %v\n", err)
+	// containerd runs this after every shim, also one that deleted its
+	// container itself: then there is nothing to ask the runtime.
+	if cfg, saved := loadRuntimeConfig(bundle, f.Namespace); saved {
+		rt := runtime.New(cfg, runtime.ExecRunner{})
+		if err := rt.Delete(ctx, f.ID, true); err != nil && !errdefs.IsNotFound(err) {
+			// Warnings go to stderr, which containerd logs; the cleanup goes on.
+			fmt.Fprintf(stderr, "keel: %v\n", err)
+		}
 	}
 	if err := process.UnmountAll(filepath.Join(bundle, "rootfs")); err != nil {
 		return err

@@ -4,6 +4,7 @@ package shim
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -147,7 +148,10 @@ func isSystemdCgroupsPath(p string) bool {
 }
 
 // bundleRuntimeFile keeps the runtime configuration in the bundle, so that
-// `delete`, run after the daemon died, drives the same runtime.
+// `delete`, run after the daemon died, drives the same runtime. It is there
+// exactly while the runtime may hold the container: Create saves it before
+// the runtime makes the container, and Delete removes it once the runtime
+// has deleted it.
 const bundleRuntimeFile = "keel-runtime.json"
 
 func saveRuntimeConfig(bundle string, cfg runtime.Config) error {
@@ -158,13 +162,26 @@ func saveRuntimeConfig(bundle string, cfg runtime.Config) error {
 	return os.WriteFile(filepath.Join(bundle, bundleRuntimeFile), data, 0o600)
 }
 
-// loadRuntimeConfig reads what Create saved; a bundle without it (the
-// daemon died before Create got that far) gets the defaults.
-func loadRuntimeConfig(bundle, ns string) runtime.Config {
+// dropRuntimeConfig removes the saved configuration of a container the
+// runtime has deleted.
+func dropRuntimeConfig(bundle string) error {
+	err := os.Remove(filepath.Join(bundle, bundleRuntimeFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// loadRuntimeConfig reads what Create saved, and whether there was a file
+// at all. Without one the runtime holds no container of the bundle: the
+// daemon died before Create got that far, or Delete deleted it. A torn or
+// corrupt file gets the defaults.
+func loadRuntimeConfig(bundle, ns string) (runtime.Config, bool) {
 	cfg := runtimeConfig(nil, ns, bundle, "")
-	if data, err := os.ReadFile(filepath.Join(bundle, bundleRuntimeFile)); err == nil {
+	data, err := os.ReadFile(filepath.Join(bundle, bundleRuntimeFile))
+	if err == nil {
 		_ = json.Unmarshal(data, &cfg)
 	}
 	cfg.LogDir = bundle
-	return cfg
+	return cfg, !errors.Is(err, os.ErrNotExist)
 }

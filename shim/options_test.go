@@ -3,19 +3,23 @@
 package shim
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/keel-shim/keel/process/fakeruntime"
 	"github.com/keel-shim/keel/runtime"
 )
 
@@ -230,8 +234,8 @@ func TestSaveLoadRuntimeConfig(t *testing.T) {
 	if err := saveRuntimeConfig(bundle, cfg); err != nil {
 		t.Fatal(err)
 	}
-	if got := loadRuntimeConfig(bundle, "default"); got != cfg {
-		t.Errorf("round trip = %+v, want %+v", got, cfg)
+	if got, saved := loadRuntimeConfig(bundle, "default"); got != cfg || !saved {
+		t.Errorf("round trip = %+v, %v, want %+v, true", got, saved, cfg)
 	}
 	fi, err := os.Stat(filepath.Join(bundle, bundleRuntimeFile))
 	if err != nil {
@@ -246,7 +250,7 @@ func TestSaveLoadRuntimeConfig(t *testing.T) {
 	if err := os.Rename(bundle, moved); err != nil {
 		t.Fatal(err)
 	}
-	if got := loadRuntimeConfig(moved, "default"); got.LogDir != moved || got.Binary != cfg.Binary {
+	if got, _ := loadRuntimeConfig(moved, "default"); got.LogDir != moved || got.Binary != cfg.Binary {
 		t.Errorf("after move = %+v, want LogDir %q and the saved binary", got, moved)
 	}
 }
@@ -256,8 +260,8 @@ func TestLoadRuntimeConfigDefaults(t *testing.T) {
 
 	empty := t.TempDir()
 	want.LogDir = empty
-	if got := loadRuntimeConfig(empty, "ns1"); got != want {
-		t.Errorf("without a saved config = %+v, want %+v", got, want)
+	if got, saved := loadRuntimeConfig(empty, "ns1"); got != want || saved {
+		t.Errorf("without a saved config = %+v, %v, want %+v, false", got, saved, want)
 	}
 
 	// A torn or corrupt file is no config at all.
@@ -266,8 +270,8 @@ func TestLoadRuntimeConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want.LogDir = corrupt
-	if got := loadRuntimeConfig(corrupt, "ns1"); got != want {
-		t.Errorf("with a corrupt config = %+v, want %+v", got, want)
+	if got, saved := loadRuntimeConfig(corrupt, "ns1"); got != want || !saved {
+		t.Errorf("with a corrupt config = %+v, %v, want %+v, true", got, saved, want)
 	}
 }
 
@@ -395,5 +399,50 @@ func TestListenTightensDir(t *testing.T) {
 	}
 	if di.Mode().Perm() != 0o700 {
 		t.Errorf("dir mode = %v, want 0700", di.Mode())
+	}
+}
+
+// TestDeleteDropsRuntimeConfig: the runtime config is in the bundle while
+// the runtime may hold the container, from Create until the shim's Delete
+// has deleted it, so that the `delete` containerd runs next leaves the
+// runtime alone.
+func TestDeleteDropsRuntimeConfig(t *testing.T) {
+	r := testReaper(t)
+	dir := t.TempDir()
+	rt, err := fakeruntime.Write(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := fakeruntime.Bundle(dir, "c1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := NewService("ns", discardLog(), r, NewPublisher("", "ns", discardLog()), &Options{Runc: &options.Options{BinaryName: rt.Binary, Root: rt.Root}}, func() {})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := svc.Create(ctx, &taskapi.CreateTaskRequest{ID: "c1", Bundle: bundle}); err != nil {
+		t.Fatal(err)
+	}
+	saved := filepath.Join(bundle, bundleRuntimeFile)
+	if _, err := os.Stat(saved); err != nil {
+		t.Fatalf("after Create: %v", err)
+	}
+	if _, err := svc.Kill(ctx, &taskapi.KillRequest{ID: "c1", Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(saved); err != nil {
+		t.Fatalf("after the exit, before Delete: %v", err)
+	}
+	if _, err := svc.Delete(ctx, &taskapi.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(saved); !os.IsNotExist(err) {
+		t.Fatalf("after Delete the runtime config is still there (%v)", err)
+	}
+	if got := strings.Join(rt.Calls(), " "); got != "create kill delete" {
+		t.Fatalf("runtime calls %q, want create kill delete", got)
 	}
 }

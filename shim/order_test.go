@@ -52,6 +52,59 @@ func TestCreateEventBeforeExit(t *testing.T) {
 	}
 }
 
+// TestWaitDoesNotWaitForItsOwnExitEvent: Wait answers once the events
+// published before the exit are delivered, without waiting for the exit's
+// own delivery (a Forward round trip to containerd at every exit), and
+// the service forgets the exit once the process is deleted.
+func TestWaitDoesNotWaitForItsOwnExitEvent(t *testing.T) {
+	r := testReaper(t)
+	dir := t.TempDir()
+	rt, err := fakeruntime.Write(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.InitCommand("exit 3"); err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := fakeruntime.Bundle(dir, "c1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "containerd.sock.ttrpc")
+	f := serveEvents(t, sock)
+	release := f.hold(TopicExit)
+	defer release()
+	events := NewPublisher(sock, "ns", discardLog())
+	defer events.Close(5 * time.Second)
+	svc := NewService("ns", discardLog(), r, events, &Options{Runc: &options.Options{BinaryName: rt.Binary, Root: rt.Root}}, func() {})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := svc.Create(ctx, &taskapi.CreateTaskRequest{ID: "c1", Bundle: bundle}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resp, err := svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 2*time.Second || resp.ExitStatus != 3 {
+		t.Fatalf("Wait took %v and returned status %d: want status 3 at once", took, resp.ExitStatus)
+	}
+	if got := strings.Join(f.seen(), " "); got != TopicCreate {
+		t.Fatalf("when Wait returned containerd had %q, want the create", got)
+	}
+	release()
+	if _, err := svc.Delete(ctx, &taskapi.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	svc.exitsMu.Lock()
+	n := len(svc.exitEvents)
+	svc.exitsMu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d exits still recorded after Delete", n)
+	}
+}
+
 func testReaper(t testing.TB) *reaper.Reaper {
 	t.Helper()
 	r, err := reaper.New()

@@ -43,6 +43,12 @@ type Service struct {
 	containers map[string]*process.Container         // guarded by mu
 	creating   map[string]*taskapi.CreateTaskRequest // guarded by mu; being created
 	shutdown   bool                                  // guarded by mu
+
+	// exitEvents holds, for each process whose exit was published and
+	// that is not deleted yet, that event's place in the publishing order
+	// (Publisher.Publish).
+	exitsMu    sync.Mutex
+	exitEvents map[*process.Process]uint64 // guarded by exitsMu
 }
 
 var empty = &emptypb.Empty{}
@@ -58,6 +64,7 @@ func NewService(ns string, log *slog.Logger, r *reaper.Reaper, events *Publisher
 		ns: ns, log: log, reaper: r, events: events, defaults: defaults, onShutdown: onShutdown,
 		containers: make(map[string]*process.Container),
 		creating:   make(map[string]*taskapi.CreateTaskRequest),
+		exitEvents: make(map[*process.Process]uint64),
 	}
 }
 
@@ -199,10 +206,15 @@ func (s *Service) Exited(c *process.Container, p *process.Process, st process.St
 	if p.IsInit() {
 		id = c.ID
 	}
-	s.events.Publish(c.Bundle, TopicExit, &eventstypes.TaskExit{
+	seq := s.events.Publish(c.Bundle, TopicExit, &eventstypes.TaskExit{
 		ContainerID: c.ID, ID: id, Pid: uint32(st.Pid),
 		ExitStatus: uint32(st.ExitStatus), ExitedAt: timestamppb.New(st.ExitedAt),
 	})
+	if seq > 0 {
+		s.exitsMu.Lock()
+		s.exitEvents[p] = seq
+		s.exitsMu.Unlock()
+	}
 	s.log.Info("exited", "id", c.ID, "exec", p.ExecID, "pid", st.Pid, "status", st.ExitStatus)
 }
 
@@ -215,8 +227,14 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	if err != nil {
 		return nil, err
 	}
+	s.forgetExits(p)
 	resp := &taskapi.DeleteResponse{Pid: uint32(st.Pid), ExitStatus: uint32(st.ExitStatus), ExitedAt: timestamppb.New(st.ExitedAt)}
 	if p.IsInit() {
+		// The runtime has deleted the container: the `delete` containerd
+		// runs after this shim exits need not run the runtime again.
+		if err := dropRuntimeConfig(p.Container().Bundle); err != nil {
+			logFrom(ctx, s.log).Warn("remove the runtime config of a deleted container", "id", r.ID, "error", err)
+		}
 		s.mu.Lock()
 		delete(s.containers, r.ID)
 		s.mu.Unlock()
@@ -382,15 +400,37 @@ func (s *Service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.Wa
 	if err != nil {
 		return nil, err
 	}
-	// The exit, and what was published before it (an OOM), reach
-	// containerd's event service before the caller hears of the exit here:
-	// the CRI gives an OOM-killed container the reason OOMKilled only if
-	// the OOM event came first. Bounded: a wedged event service must not
-	// withhold the exit.
+	// What was published before the exit (an OOM) reaches containerd's
+	// event service before the caller hears of the exit here: the CRI
+	// gives an OOM-killed container the reason OOMKilled only if the OOM
+	// event came first. The exit's own event need not: containerd learns
+	// of the exit from Wait or from it, whichever comes first. Bounded: a
+	// wedged event service must not withhold the exit.
 	sctx, cancel := context.WithTimeout(ctx, waitSyncTimeout)
-	_ = s.events.Sync(sctx)
+	s.exitsMu.Lock()
+	seq, published := s.exitEvents[p]
+	s.exitsMu.Unlock()
+	if published {
+		_ = s.events.SyncTo(sctx, seq-1)
+	} else {
+		_ = s.events.Sync(sctx)
+	}
 	cancel()
 	return &taskapi.WaitResponse{ExitStatus: uint32(st.ExitStatus), ExitedAt: exitedAt(st)}, nil
+}
+
+// forgetExits drops the exit events recorded for p, a deleted process,
+// and for a deleted init those of its container's exec processes too.
+func (s *Service) forgetExits(p *process.Process) {
+	ps := []*process.Process{p}
+	if p.IsInit() {
+		ps = append(ps, p.Container().Execs()...)
+	}
+	s.exitsMu.Lock()
+	for _, p := range ps {
+		delete(s.exitEvents, p)
+	}
+	s.exitsMu.Unlock()
 }
 
 func (s *Service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/containerd/ttrpc"
@@ -118,5 +120,72 @@ func TestTraceIDsInLogLines(t *testing.T) {
 		if _, _, ok := parseTraceparent(bad); ok {
 			t.Errorf("parseTraceparent(%q) accepted it", bad)
 		}
+	}
+}
+
+// TestOpenLogFIFO: the daemon's log FIFO becomes the given fd, blocking
+// for writes, whether containerd's reader is there already (the usual
+// case: containerd opens it before `start`) or comes later; a missing
+// FIFO is an error (the daemon then logs nowhere).
+func TestOpenLogFIFO(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "log")
+	if err := unix.Mkfifo(path, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	target := func() int {
+		fd, err := unix.Open(os.DevNull, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+	check := func(fd int, reader *os.File) {
+		t.Helper()
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		if err != nil || flags&unix.O_NONBLOCK != 0 {
+			t.Fatalf("log fd flags %#x (%v): want blocking writes", flags, err)
+		}
+		if _, err := unix.Write(fd, []byte("line\n")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 16)
+		n, err := reader.Read(buf)
+		if err != nil || string(buf[:n]) != "line\n" {
+			t.Fatalf("reader got %q, %v", buf[:n], err)
+		}
+	}
+
+	// containerd's reader is there: as containerd opens it, read-write.
+	reader, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := target()
+	if err := openLogFIFO(path, fd, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	check(fd, reader)
+	reader.Close()
+	unix.Close(fd)
+
+	// The reader comes later: the open waits for it.
+	fd = target()
+	opened := make(chan error, 1)
+	go func() { opened <- openLogFIFO(path, fd, 10*time.Second) }()
+	time.Sleep(100 * time.Millisecond)
+	reader, err = os.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	if err := <-opened; err != nil {
+		t.Fatal(err)
+	}
+	check(fd, reader)
+
+	if err := openLogFIFO(filepath.Join(dir, "missing"), target(), time.Second); err == nil {
+		t.Fatal("a missing FIFO opened")
 	}
 }
