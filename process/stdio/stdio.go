@@ -70,6 +70,10 @@ type IO struct {
 	pty     *os.File
 }
 
+// ownsPipes reports whether the process's pipes get an owner of their own
+// (IoUid/IoGid), and so whether it needs pipes of the shim's at all.
+func (c Config) ownsPipes() bool { return c.UID > 0 || c.GID > 0 }
+
 // NewIO sets up stdio for a process. Pass Child and ConsoleSocket to the
 // runtime, then call Started.
 func New(ctx context.Context, s Request, cfg Config) (_ *IO, err error) {
@@ -209,7 +213,7 @@ func (p *IO) openStdin(ctx context.Context, path string, cfg Config, pipe bool) 
 // shim in between (directFIFO); anything else gets a new pipe and a
 // copier from it into t.
 func (p *IO) output(t target, cfg Config) (*os.File, error) {
-	if t.kind == targetFIFO && cfg.Buffer.Size <= 0 && cfg.UID <= 0 && cfg.GID <= 0 {
+	if t.kind == targetFIFO && cfg.Buffer.Size <= 0 && !cfg.ownsPipes() {
 		return p.directFIFO(t.path)
 	}
 	dst, err := openTarget(t)
@@ -362,7 +366,7 @@ func newPipe(cfg Config) (r, w *os.File, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if cfg.UID > 0 || cfg.GID > 0 {
+	if cfg.ownsPipes() {
 		for _, f := range []*os.File{r, w} {
 			if err = f.Chown(cfg.UID, cfg.GID); err != nil {
 				r.Close()
