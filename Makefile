@@ -57,7 +57,8 @@ test: vet test-unit test-integration test-race-shim test-stress
 # /opt/keel/bench-ref-<version>; Debian's own for 1.6), in one daemon: idle
 # footprint with a breakdown of one shim's memory, `ctr run --rm` latency,
 # time to running, create+start+exit and exec against a raw runc floor
-# (with runtime invocations counted), 1 GiB of stdout to a file and to FIFOs
+# (with runtime invocations counted), one process start-up (`-v`) of each
+# shim against a bare Go program, 1 GiB of stdout to a file and to FIFOs
 # with 4 KiB, 64 KiB and 1 MiB writes.
 # Go repeats one sub-benchmark's -count runs back to back, so the rounds
 # (keel, runc; runc, keel; ...) come from KEEL_BENCH_ROUNDS instead.
@@ -70,7 +71,7 @@ bench: SHELL := /bin/bash
 bench: .SHELLFLAGS := -o pipefail -c
 bench: build
 	$(BENCH_ENV) $(GO) test -run '^$$' -bench 'Footprint|Stdout' -benchtime 1x -count 1 -timeout 0 ./integration/ | tee bench.out
-	$(BENCH_ENV) $(GO) test -run '^$$' -bench 'StartExit|Overhead' -benchtime $(BENCH_RUNS)x -count 1 -timeout 0 ./integration/ | tee -a bench.out
+	$(BENCH_ENV) $(GO) test -run '^$$' -bench 'StartExit|Overhead|ProcessStart' -benchtime $(BENCH_RUNS)x -count 1 -timeout 0 ./integration/ | tee -a bench.out
 	$(GO) run ./integration/cmd/benchsum < bench.out | tee bench.txt
 
 install: build
